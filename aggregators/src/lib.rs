@@ -1,0 +1,1 @@
+//! Group, cluster and grid aggregators: fold node reports into rollups (filled in by the aggregators issue).

@@ -1,0 +1,425 @@
+//! Builds and parses every gridmon subject; no other module formats a subject.
+//!
+//! The grammar (see `docs/subjects.md`), with `<p>` the configured prefix of one or more tokens:
+//!
+//! | subject | carries |
+//! |---|---|
+//! | `<p>` | grid rollup |
+//! | `<p>.<cluster>` | cluster rollup |
+//! | `<p>.<cluster>.<group>` | group rollup |
+//! | `<p>.<cluster>.<group>.<node>` | node report |
+//! | `<p>.<reserved>.<cluster>[.<group>[.<node>]]` | non-telemetry: `cmd`, `alarm`, `event`, `audit`, `inventory` |
+
+use std::fmt;
+
+use crate::identity::{validate_token, NodeId, TokenError, RESERVED};
+
+/// The non-telemetry families; each is the token right after the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Cmd,
+    Alarm,
+    Event,
+    Audit,
+    Inventory,
+}
+
+impl Family {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cmd => "cmd",
+            Self::Alarm => "alarm",
+            Self::Event => "event",
+            Self::Audit => "audit",
+            Self::Inventory => "inventory",
+        }
+    }
+
+    fn from_token(t: &str) -> Option<Self> {
+        Some(match t {
+            "cmd" => Self::Cmd,
+            "alarm" => Self::Alarm,
+            "event" => Self::Event,
+            "audit" => Self::Audit,
+            "inventory" => Self::Inventory,
+            _ => return None,
+        })
+    }
+}
+
+/// A place in the hierarchy: the grid, a cluster, a group or a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Grid,
+    Cluster { cluster: String },
+    Group { cluster: String, group: String },
+    Node(NodeId),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Grid => f.write_str("grid"),
+            Self::Cluster { cluster } => f.write_str(cluster),
+            Self::Group { cluster, group } => write!(f, "{cluster}/{group}"),
+            Self::Node(id) => id.fmt(f),
+        }
+    }
+}
+
+/// What a subject means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A telemetry subject: a node report or a rollup of the scope.
+    Telemetry(Scope),
+    /// A non-telemetry subject of a family about a scope (never `Scope::Grid`).
+    Other(Family, Scope),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject {0:?} does not start with the prefix {1:?}")]
+    ForeignPrefix(String, String),
+    #[error("subject {subject:?}: {why}")]
+    Malformed { subject: String, why: String },
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Subject builder and parser for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// `prefix` is one or more dot-separated tokens, each a valid token (`grid`, `acme.grid`).
+    pub fn new(prefix: impl Into<String>) -> Result<Self, TokenError> {
+        let prefix = prefix.into();
+        if prefix.is_empty() {
+            return Err(TokenError::Empty {
+                field: "nats.prefix".into(),
+            });
+        }
+        for t in prefix.split('.') {
+            validate_token("nats.prefix", t)?;
+        }
+        Ok(Self { prefix })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The telemetry subject of a scope: a node report or a rollup.
+    pub fn telemetry(&self, scope: &Scope) -> String {
+        let mut s = self.prefix.clone();
+        push_scope(&mut s, scope);
+        s
+    }
+
+    /// `<p>.<cluster>.<group>.<node>`.
+    pub fn node_report(&self, id: &NodeId) -> String {
+        self.join(&[&id.cluster, &id.group, &id.node])
+    }
+
+    /// `<p>.<family>.<scope…>`, e.g. `grid.inventory.c.g.n` or `grid.alarm.c.g`.
+    pub fn family(&self, family: Family, scope: &Scope) -> String {
+        let mut s = self.prefix.clone();
+        s.push('.');
+        s.push_str(family.as_str());
+        push_scope(&mut s, scope);
+        s
+    }
+
+    /// Node reports of one group: `<p>.<cluster>.<group>.*`.
+    pub fn group_members(&self, cluster: &str, group: &str) -> String {
+        self.join(&[cluster, group, "*"])
+    }
+
+    /// Group rollups of one cluster: `<p>.<cluster>.*`.
+    pub fn cluster_members(&self, cluster: &str) -> String {
+        self.join(&[cluster, "*"])
+    }
+
+    /// Cluster rollups: `<p>.*`.
+    pub fn grid_members(&self) -> String {
+        self.join(&["*"])
+    }
+
+    /// Every node report of the grid: `<p>.*.*.*` (also matches 3-token non-telemetry
+    /// subjects such as `<p>.alarm.<c>.<g>`: parse and skip those).
+    pub fn all_node_reports(&self) -> String {
+        self.join(&["*", "*", "*"])
+    }
+
+    /// Everything under the prefix: `<p>.>` (the bare `<p>` grid rollup is not included).
+    pub fn everything(&self) -> String {
+        self.join(&[">"])
+    }
+
+    /// All subjects of one family: `<p>.<family>.>`.
+    pub fn family_all(&self, family: Family) -> String {
+        self.join(&[family.as_str(), ">"])
+    }
+
+    fn join(&self, tokens: &[&str]) -> String {
+        let mut s = String::with_capacity(
+            self.prefix.len() + tokens.iter().map(|t| t.len() + 1).sum::<usize>(),
+        );
+        s.push_str(&self.prefix);
+        for t in tokens {
+            s.push('.');
+            s.push_str(t);
+        }
+        s
+    }
+
+    /// Parses a subject under this prefix; every token is validated.
+    pub fn parse(&self, subject: &str) -> Result<Parsed, SubjectError> {
+        let rest = match subject.strip_prefix(self.prefix.as_str()) {
+            Some("") => return Ok(Parsed::Telemetry(Scope::Grid)),
+            Some(r) if r.starts_with('.') => &r[1..],
+            _ => {
+                return Err(SubjectError::ForeignPrefix(
+                    subject.into(),
+                    self.prefix.clone(),
+                ))
+            }
+        };
+        let malformed = |why: &str| SubjectError::Malformed {
+            subject: subject.into(),
+            why: why.into(),
+        };
+        let tokens: Vec<&str> = rest.split('.').collect();
+        if let Some(family) = Family::from_token(tokens[0]) {
+            let scope = scope_of(&tokens[1..]).map_err(|e| match e {
+                ScopeErr::Count => malformed("expected 1 to 3 tokens after the family word"),
+                ScopeErr::Token(t) => SubjectError::Token(t),
+            })?;
+            if scope == Scope::Grid {
+                return Err(malformed("a family word must be followed by a cluster"));
+            }
+            return Ok(Parsed::Other(family, scope));
+        }
+        let scope = scope_of(&tokens).map_err(|e| match e {
+            ScopeErr::Count => malformed("expected at most 3 tokens after the prefix"),
+            ScopeErr::Token(t) => SubjectError::Token(t),
+        })?;
+        Ok(Parsed::Telemetry(scope))
+    }
+}
+
+enum ScopeErr {
+    Count,
+    Token(TokenError),
+}
+
+fn scope_of(tokens: &[&str]) -> Result<Scope, ScopeErr> {
+    let check = |field: &str, t: &str| validate_token(field, t).map_err(ScopeErr::Token);
+    Ok(match tokens {
+        [] => Scope::Grid,
+        [c] => {
+            check("cluster", c)?;
+            Scope::Cluster {
+                cluster: (*c).into(),
+            }
+        }
+        [c, g] => {
+            check("cluster", c)?;
+            check("group", g)?;
+            Scope::Group {
+                cluster: (*c).into(),
+                group: (*g).into(),
+            }
+        }
+        [c, g, n] => {
+            check("cluster", c)?;
+            check("group", g)?;
+            check("node", n)?;
+            Scope::Node(NodeId {
+                cluster: (*c).into(),
+                group: (*g).into(),
+                node: (*n).into(),
+            })
+        }
+        _ => return Err(ScopeErr::Count),
+    })
+}
+
+fn push_scope(s: &mut String, scope: &Scope) {
+    let mut push = |t: &str| {
+        s.push('.');
+        s.push_str(t);
+    };
+    match scope {
+        Scope::Grid => {}
+        Scope::Cluster { cluster } => push(cluster),
+        Scope::Group { cluster, group } => {
+            push(cluster);
+            push(group);
+        }
+        Scope::Node(id) => {
+            push(&id.cluster);
+            push(&id.group);
+            push(&id.node);
+        }
+    }
+}
+
+/// True when `word` may not be used as a cluster name.
+pub fn is_reserved(word: &str) -> bool {
+    RESERVED.contains(&word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> NodeId {
+        NodeId::new("eu", "rack1", "web-01").unwrap()
+    }
+
+    #[test]
+    fn builds() {
+        let s = Subjects::new("grid").unwrap();
+        assert_eq!(s.node_report(&id()), "grid.eu.rack1.web-01");
+        assert_eq!(s.telemetry(&Scope::Node(id())), "grid.eu.rack1.web-01");
+        assert_eq!(
+            s.telemetry(&Scope::Group {
+                cluster: "eu".into(),
+                group: "rack1".into()
+            }),
+            "grid.eu.rack1"
+        );
+        assert_eq!(
+            s.telemetry(&Scope::Cluster {
+                cluster: "eu".into()
+            }),
+            "grid.eu"
+        );
+        assert_eq!(s.telemetry(&Scope::Grid), "grid");
+        assert_eq!(
+            s.family(Family::Inventory, &Scope::Node(id())),
+            "grid.inventory.eu.rack1.web-01"
+        );
+        assert_eq!(
+            s.family(
+                Family::Alarm,
+                &Scope::Cluster {
+                    cluster: "eu".into()
+                }
+            ),
+            "grid.alarm.eu"
+        );
+        assert_eq!(s.group_members("eu", "rack1"), "grid.eu.rack1.*");
+        assert_eq!(s.cluster_members("eu"), "grid.eu.*");
+        assert_eq!(s.grid_members(), "grid.*");
+        assert_eq!(s.everything(), "grid.>");
+        assert_eq!(s.family_all(Family::Cmd), "grid.cmd.>");
+    }
+
+    fn check(prefix: &str, subject: &str, expected: Result<Parsed, ()>) {
+        let s = Subjects::new(prefix).unwrap();
+        let got = s.parse(subject).map_err(|_| ());
+        assert_eq!(got, expected, "{subject:?}");
+    }
+
+    #[test]
+    fn parses() {
+        let node = Scope::Node(id());
+        check("grid", "grid", Ok(Parsed::Telemetry(Scope::Grid)));
+        check(
+            "grid",
+            "grid.eu",
+            Ok(Parsed::Telemetry(Scope::Cluster {
+                cluster: "eu".into(),
+            })),
+        );
+        check(
+            "grid",
+            "grid.eu.rack1",
+            Ok(Parsed::Telemetry(Scope::Group {
+                cluster: "eu".into(),
+                group: "rack1".into(),
+            })),
+        );
+        check(
+            "grid",
+            "grid.eu.rack1.web-01",
+            Ok(Parsed::Telemetry(node.clone())),
+        );
+        check(
+            "grid",
+            "grid.inventory.eu.rack1.web-01",
+            Ok(Parsed::Other(Family::Inventory, node.clone())),
+        );
+        check(
+            "grid",
+            "grid.alarm.eu.rack1",
+            Ok(Parsed::Other(
+                Family::Alarm,
+                Scope::Group {
+                    cluster: "eu".into(),
+                    group: "rack1".into(),
+                },
+            )),
+        );
+        check(
+            "acme.grid",
+            "acme.grid.eu.rack1.web-01",
+            Ok(Parsed::Telemetry(node)),
+        );
+        check("grid", "grid.cmd", Err(()));
+        check("grid", "grid.eu.rack1.web-01.extra", Err(()));
+        check("grid", "gridx.eu", Err(()));
+        check("grid", "other.eu", Err(()));
+        check("grid", "grid.", Err(()));
+        check("grid", "grid..x", Err(()));
+        check("grid", "grid.eu.*", Err(()));
+        check("acme.grid", "grid.eu", Err(()));
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = Subjects::new("a.b").unwrap();
+        for scope in [
+            Scope::Grid,
+            Scope::Cluster {
+                cluster: "c".into(),
+            },
+            Scope::Group {
+                cluster: "c".into(),
+                group: "g".into(),
+            },
+            Scope::Node(id()),
+        ] {
+            assert_eq!(
+                s.parse(&s.telemetry(&scope)).unwrap(),
+                Parsed::Telemetry(scope.clone())
+            );
+            if scope != Scope::Grid {
+                for f in [
+                    Family::Cmd,
+                    Family::Alarm,
+                    Family::Event,
+                    Family::Audit,
+                    Family::Inventory,
+                ] {
+                    assert_eq!(
+                        s.parse(&s.family(f, &scope)).unwrap(),
+                        Parsed::Other(f, scope.clone())
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_prefix() {
+        assert!(Subjects::new("").is_err());
+        assert!(Subjects::new("a..b").is_err());
+        assert!(Subjects::new("a.>").is_err());
+        assert!(Subjects::new("cmd").is_err());
+    }
+}

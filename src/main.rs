@@ -1,0 +1,191 @@
+//! The `gridmon` binary: parses the command line, loads config, installs logging, runs a subcommand.
+
+mod agent;
+mod demo;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use gridmon_nats::{Config, Overrides};
+
+/// Exit status for a bad command line or a bad config.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gridmon",
+    version,
+    about = "Fleet monitoring and process supervision over NATS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent: collect host, process and sensor metrics and publish them.
+    Agent(Common),
+    /// Print the messages on the bus, decoded.
+    Watch(WatchArgs),
+    /// Start a local nats-server and an agent, and show their reports live.
+    Demo(DemoArgs),
+}
+
+/// Options every bus-facing subcommand takes; they override the config file and the environment.
+#[derive(Debug, Args, Clone)]
+struct Common {
+    /// Config file (TOML). Also `GRIDMON_CONFIG`.
+    #[arg(long, short = 'c', env = "GRIDMON_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Subject prefix (default `grid`).
+    #[arg(long)]
+    prefix: Option<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// Host-metrics interval, e.g. `1s`, `500ms`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// Process-table interval.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    process_interval: Option<Duration>,
+    /// Log filter (`RUST_LOG` syntax), default `info`.
+    #[arg(long, env = "GRIDMON_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Print each message as one JSON line instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Subject to subscribe to (default: everything under the prefix).
+    #[arg(long)]
+    subject: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Port for the demo's nats-server (default 4222, or a free one if that is taken).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Where the demo keeps its state (JetStream store, logs).
+    #[arg(long, default_value = ".demo")]
+    dir: PathBuf,
+}
+
+impl Common {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            servers: self
+                .nats_url
+                .as_ref()
+                .map(|u| u.split(',').map(|s| s.trim().to_string()).collect()),
+            prefix: self.prefix.clone(),
+            cluster: self.cluster.clone(),
+            group: self.group.clone(),
+            node: self.node.clone(),
+            interval: self.interval,
+            process_interval: self.process_interval,
+        }
+    }
+
+    fn load(&self) -> Result<Config, gridmon_nats::ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Config::load(self.config.as_deref(), &env, &self.overrides())
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = match &cli.command {
+        Command::Agent(c) => c,
+        Command::Watch(w) => &w.common,
+        Command::Demo(d) => &d.common,
+    };
+    init_logging(&common.log);
+    let config = match common.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gridmon: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gridmon: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Agent(_) => agent::run(config, shutdown_on_signal()).await,
+            Command::Watch(w) => {
+                watch::run(config, w.json, w.count, w.subject, shutdown_on_signal()).await
+            }
+            Command::Demo(d) => demo::run(config, d.port, d.dir, shutdown_on_signal()).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gridmon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}
