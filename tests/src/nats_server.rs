@@ -19,6 +19,8 @@ pub struct NatsOptions {
     pub user_password: Option<(String, String)>,
     /// Extra lines appended to the server's config file.
     pub extra_config: String,
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -41,7 +43,10 @@ impl NatsServer {
 
     pub fn start_with(opts: NatsOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("gridmon-nats-").tempdir()?;
-        let port = free_port()?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let store = dir.path().join("jetstream");
         let mut conf = format!(
             "listen: 127.0.0.1:{port}\nserver_name: gridmon_test_{port}\njetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\nmax_payload: 8MB\n",
