@@ -62,7 +62,7 @@ struct Common {
     #[arg(long, value_parser = humantime::parse_duration)]
     process_interval: Option<Duration>,
     /// Log filter (`RUST_LOG` syntax), default `info`.
-    #[arg(long, env = "GRIDMON_LOG", default_value = "info")]
+    #[arg(long, env = "GRIDMON_LOG", default_value = "info,async_nats=warn")]
     log: String,
 }
 

@@ -30,7 +30,13 @@ pub struct ProcessConfig {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self { enabled: true, select: ProcessSelect::All, top_n: 20, patterns: Vec::new(), cmdline_max: 256 }
+        Self {
+            enabled: true,
+            select: ProcessSelect::All,
+            top_n: 20,
+            patterns: Vec::new(),
+            cmdline_max: 256,
+        }
     }
 }
 
@@ -100,6 +106,10 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        Self { targets: Vec::new(), attempts: 3, timeout: Duration::from_millis(500) }
+        Self {
+            targets: Vec::new(),
+            attempts: 3,
+            timeout: Duration::from_millis(500),
+        }
     }
 }

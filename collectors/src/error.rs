@@ -7,7 +7,10 @@ pub enum CollectError {
     /// A file every sample needs (e.g. `/proc/stat`) could not be read: the roots are wrong or
     /// the machine is not Linux.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file had a shape the reader does not understand.
     #[error("cannot parse {path}: {what}")]
     Parse { path: PathBuf, what: String },

@@ -29,7 +29,11 @@ pub struct Roots {
 
 impl Default for Roots {
     fn default() -> Self {
-        Self { proc: "/proc".into(), sys: "/sys".into(), etc: "/etc".into() }
+        Self {
+            proc: "/proc".into(),
+            sys: "/sys".into(),
+            etc: "/etc".into(),
+        }
     }
 }
 
@@ -37,6 +41,10 @@ impl Roots {
     /// A fixture tree with `proc/`, `sys/` and `etc/` below `dir`.
     pub fn under(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
-        Self { proc: dir.join("proc"), sys: dir.join("sys"), etc: dir.join("etc") }
+        Self {
+            proc: dir.join("proc"),
+            sys: dir.join("sys"),
+            etc: dir.join("etc"),
+        }
     }
 }

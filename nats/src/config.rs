@@ -495,7 +495,7 @@ fn split_list(v: &str) -> Vec<String> {
 
 fn validate_server_url(s: &str) -> Result<(), String> {
     let rest = match s.split_once("://") {
-        Some((scheme, rest)) if matches!(scheme, "nats" | "tls" | "ws" | "wss") => rest,
+        Some(("nats" | "tls" | "ws" | "wss", rest)) => rest,
         Some((scheme, _)) => {
             return Err(format!(
                 "{s:?}: unknown scheme {scheme:?} (nats, tls, ws, wss)"
