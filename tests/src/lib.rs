@@ -9,4 +9,5 @@ mod wait;
 pub use wait::eventually;
 
 /// The command that installs everything the tests need.
-pub const SETUP_HINT: &str = "run `scripts/setup` (installs nats-server, the Python ClickHouse engine and test clients)";
+pub const SETUP_HINT: &str =
+    "run `scripts/setup` (installs nats-server, the Python ClickHouse engine and test clients)";

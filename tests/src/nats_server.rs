@@ -52,12 +52,19 @@ impl NatsServer {
             "listen: 127.0.0.1:{port}\nserver_name: gridmon_test_{port}\njetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\nmax_payload: 8MB\n",
         );
         if let Some((u, p)) = &opts.user_password {
-            conf.push_str(&format!("authorization {{\n  user: {u:?}\n  password: {p:?}\n}}\n"));
+            conf.push_str(&format!(
+                "authorization {{\n  user: {u:?}\n  password: {p:?}\n}}\n"
+            ));
         }
         conf.push_str(&opts.extra_config);
         let config = dir.path().join("nats.conf");
         std::fs::write(&config, conf)?;
-        let mut s = Self { child: None, port, dir, config };
+        let mut s = Self {
+            child: None,
+            port,
+            dir,
+            config,
+        };
         s.start_again()?;
         Ok(s)
     }
@@ -65,17 +72,29 @@ impl NatsServer {
     /// Starts the server (again) on the same port with the same store.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "nats-server is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nats.log"))?;
-        let child = spawn_server(&self.config, log).with_context(|| format!("cannot start nats-server: {SETUP_HINT}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))?;
+        let child = spawn_server(&self.config, log)
+            .with_context(|| format!("cannot start nats-server: {SETUP_HINT}"))?;
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 anyhow::bail!("nats-server exited with {status}; log: {}", self.log_tail());
             }
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not listen on {addr} within 15s; log: {}", self.log_tail());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {addr} within 15s; log: {}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
