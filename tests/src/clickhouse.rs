@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
+use crate::child::terminate;
 use crate::SETUP_HINT;
 
 /// How long the front may take to import chDB and open its data directory.
@@ -332,32 +333,6 @@ fn wait_ready(stdout: impl Read + Send + 'static, timeout: Duration) -> anyhow::
             anyhow::bail!("it closed stdout without a READY line")
         }
     }
-}
-
-/// SIGTERM to the child's process group, SIGKILL after `grace`, then reap.
-fn terminate(child: &mut Child, grace: Duration) {
-    let Ok(pid) = i32::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return;
-    };
-    // SAFETY: kill(2) with a negative pid signals the process group we created; no memory is touched.
-    unsafe {
-        libc::kill(-pid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + grace;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => break,
-        }
-    }
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
-    let _ = child.wait();
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //!
 //! Nothing is skipped: a missing binary is an error that names `scripts/setup`.
 
+pub mod child;
 pub mod clickhouse;
 pub mod nats_server;
 mod wait;

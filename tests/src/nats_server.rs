@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::child::terminate;
 use crate::SETUP_HINT;
 
 /// Options for [`NatsServer::start_with`].
@@ -150,26 +151,4 @@ fn spawn_server(config: &Path, log: std::fs::File) -> anyhow::Result<Child> {
         .process_group(0)
         .spawn()?;
     Ok(child)
-}
-
-/// SIGTERM to the child's process group, SIGKILL after `grace`, then reap.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    let pid = child.id() as i32;
-    // SAFETY: kill(2) with a negative pid signals the process group we created; no memory is touched.
-    unsafe {
-        libc::kill(-pid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + grace;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => break,
-        }
-    }
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
-    let _ = child.wait();
 }
