@@ -2,6 +2,10 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports
 
+mod fixtures;
+
+use fixtures::by_id;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -52,13 +56,6 @@ fn write_attrs(dir: &Path, attrs: &[(&str, &str)]) {
     for (file, content) in attrs {
         fs::write(dir.join(file), format!("{content}\n")).unwrap();
     }
-}
-
-fn by_id<'a>(readings: &'a [SensorReading], id: &str) -> &'a SensorReading {
-    readings
-        .iter()
-        .find(|r| r.id == id)
-        .unwrap_or_else(|| panic!("no reading {id} in {readings:#?}"))
 }
 
 #[test]

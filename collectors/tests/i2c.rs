@@ -2,6 +2,10 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports
 
+mod fixtures;
+
+use fixtures::by_id;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -84,13 +88,6 @@ fn sensor(bus: u8, address: u16, model: I2cModel) -> I2cSensorConfig {
 
 fn collector(sensors: Vec<I2cSensorConfig>, bus: &FakeBus) -> I2cCollector {
     I2cCollector::with_bus(&I2cConfig { sensors }, Box::new(bus.clone()))
-}
-
-fn by_id<'a>(readings: &'a [SensorReading], id: &str) -> &'a SensorReading {
-    readings
-        .iter()
-        .find(|r| r.id == id)
-        .unwrap_or_else(|| panic!("no reading {id} in {readings:#?}"))
 }
 
 #[test]
@@ -218,23 +215,20 @@ fn ina219_voltage_current_power() {
         "the INA219 is read without calibrating it"
     );
 
+    let ina_alarms = |readings: Vec<SensorReading>| -> Vec<bool> {
+        readings
+            .iter()
+            .filter(|r| r.chip == "i2c-1-40")
+            .map(|r| r.alarm)
+            .collect()
+    };
     // The chip's overflow flag marks all three readings.
     bus.set(0x40, 0x02, &[0x5D, 0xC1]);
-    let readings = i2c.read();
-    let alarms: Vec<bool> = readings
-        .iter()
-        .filter(|r| r.chip == "i2c-1-40")
-        .map(|r| r.alarm)
-        .collect();
+    let alarms = ina_alarms(i2c.read());
     assert_eq!(alarms, [true, true, true]);
     // An out-of-window voltage alarms the voltage reading only.
     bus.set(0x40, 0x02, &[0x55, 0xF0]);
-    let readings = i2c.read();
-    let alarms: Vec<bool> = readings
-        .iter()
-        .filter(|r| r.chip == "i2c-1-40")
-        .map(|r| r.alarm)
-        .collect();
+    let alarms = ina_alarms(i2c.read());
     assert_eq!(alarms, [true, false, false]);
 }
 
