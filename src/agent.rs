@@ -119,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }),
             processes: sample.processes,
             sensors: sample.sensors,
+            programs: Vec::new(),
             agent: AgentStats {
                 version: env!("CARGO_PKG_VERSION").into(),
                 spool_dropped_total: spool.dropped_total(),

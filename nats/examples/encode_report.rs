@@ -116,6 +116,7 @@ fn report(processes: usize) -> NodeReport {
             ..Default::default()
         }),
         sensors,
+        programs: Vec::new(),
         agent: AgentStats::default(),
     }
 }

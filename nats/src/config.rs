@@ -11,7 +11,7 @@ use std::time::Duration;
 use gridmon_collectors::config::{HwmonConfig, I2cConfig, ProbeConfig, ProcessConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{hostname_token, NodeId, TokenError};
+use crate::identity::{hostname_token, validate_token, NodeId, TokenError};
 use crate::subject::Subjects;
 
 /// A secret from config: never printed by `Debug` or `Display`.
@@ -189,6 +189,128 @@ impl Default for AgentConfig {
     }
 }
 
+/// `gridmon aggregate`: what it serves, its windows, liveness, input bounds, leadership, alarms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Scopes served: `grid`, `<cluster>` or `<cluster>/<group>`, where `*` stands for any
+    /// cluster or group (`*/*` = every group seen). Default: every group, every cluster and the
+    /// grid.
+    pub serve: Vec<String>,
+    /// Window length; default `agent.interval`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// How long after a window ends its inputs are awaited before it closes (each level up waits
+    /// one more `grace`); default a quarter of the interval, at most 250ms.
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
+    /// Whole intervals without a report after which a node is stale, and offline.
+    pub stale_after: u32,
+    pub offline_after: u32,
+    /// An offline node is dropped from rollups after this long.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// Reports stamped further than this from the aggregator's clock are dropped and counted.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Reports larger than this are dropped and counted.
+    pub max_report_bytes: usize,
+    /// Reports with more processes than this are dropped and counted.
+    pub max_processes: u32,
+    /// Ask the agents for their latest report at start-up, so the first rollup is complete.
+    pub request_reports: bool,
+    /// JetStream KV bucket that holds leadership when several instances serve one scope.
+    pub leader_bucket: String,
+    /// A leader that has not renewed for this long is replaced; default 2 intervals.
+    #[serde(with = "humantime_serde")]
+    pub leader_ttl: Option<Duration>,
+    /// Off: publish without asking the KV bucket (a single instance, or no JetStream).
+    pub leader_election: bool,
+    /// This instance's name in the leadership bucket; default `<host>-<pid>`.
+    pub instance: Option<String>,
+    /// The built-in alarms (hardware faults, offline nodes, failed programs).
+    pub builtin_alarms: bool,
+    /// Rule names (built-in or configured) to leave out.
+    pub disable_alarms: Vec<String>,
+    pub alarms: Vec<AlarmRuleConfig>,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            serve: vec!["*/*".into(), "*".into(), "grid".into()],
+            interval: None,
+            grace: None,
+            stale_after: 3,
+            offline_after: 10,
+            forget_after: Duration::from_secs(24 * 3600),
+            max_clock_skew: Duration::from_secs(300),
+            max_report_bytes: 8 << 20,
+            max_processes: 50_000,
+            request_reports: true,
+            leader_bucket: "gridmon_leaders".into(),
+            leader_ttl: None,
+            leader_election: true,
+            instance: None,
+            builtin_alarms: true,
+            disable_alarms: Vec::new(),
+            alarms: Vec::new(),
+        }
+    }
+}
+
+impl AggregateConfig {
+    /// The window length.
+    pub fn window(&self, agent_interval: Duration) -> Duration {
+        self.interval.unwrap_or(agent_interval)
+    }
+
+    pub fn grace_for(&self, window: Duration) -> Duration {
+        self.grace
+            .unwrap_or_else(|| (window / 4).min(Duration::from_millis(250)))
+    }
+
+    pub fn leader_ttl_for(&self, window: Duration) -> Duration {
+        self.leader_ttl.unwrap_or(window * 2)
+    }
+}
+
+/// One alarm rule, `[[aggregate.alarms]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmRuleConfig {
+    /// Unique rule name; part of every alarm id the rule raises.
+    pub name: String,
+    /// A node metric (`cpu_pct`) for `scope = "node"`; a rollup figure (`cpu_pct.p95`,
+    /// `nodes.offline`, `programs.failed`) for `group` and `cluster`.
+    pub metric: String,
+    #[serde(default)]
+    pub scope: AlarmScope,
+    /// `>`, `>=`, `<` or `<=`.
+    pub op: String,
+    pub threshold: f64,
+    /// Cleared when the value is back past this (on the other side of `threshold` for
+    /// hysteresis); default `threshold`.
+    pub clear: Option<f64>,
+    /// The condition must hold this long before the alarm is raised.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_: Option<Duration>,
+    /// The clear condition must hold this long before the alarm is cleared; default 3 intervals.
+    #[serde(default, with = "humantime_serde")]
+    pub clear_for: Option<Duration>,
+    #[serde(default)]
+    pub severity: crate::wire::Severity,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmScope {
+    #[default]
+    Node,
+    Group,
+    Cluster,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -197,6 +319,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub agent: AgentConfig,
     pub spool: SpoolConfig,
+    pub aggregate: AggregateConfig,
 }
 
 /// Settings given on the command line; `None` leaves the layer below in force.
@@ -455,11 +578,91 @@ impl Config {
                 ));
             }
         }
+        self.validate_aggregate()?;
         if self.spool.max_messages == 0 || self.spool.max_bytes == 0 {
             return Err(invalid(
                 "spool",
                 "max_messages and max_bytes must be positive",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_aggregate(&self) -> Result<(), ConfigError> {
+        let g = &self.aggregate;
+        let window = g.window(self.agent.interval);
+        if window < Duration::from_millis(100) {
+            return Err(invalid("aggregate.interval", "must be at least 100ms"));
+        }
+        if g.grace_for(window) >= window {
+            return Err(invalid("aggregate.grace", "must be shorter than the interval"));
+        }
+        if g.stale_after == 0 || g.offline_after <= g.stale_after {
+            return Err(invalid(
+                "aggregate.offline_after",
+                "need 0 < stale_after < offline_after",
+            ));
+        }
+        if g.forget_after < window * g.offline_after {
+            return Err(invalid(
+                "aggregate.forget_after",
+                "must be at least offline_after intervals",
+            ));
+        }
+        positive("aggregate.max_clock_skew", g.max_clock_skew)?;
+        if g.max_report_bytes == 0 || g.max_processes == 0 {
+            return Err(invalid(
+                "aggregate",
+                "max_report_bytes and max_processes must be positive",
+            ));
+        }
+        if g.leader_ttl_for(window) < window {
+            return Err(invalid("aggregate.leader_ttl", "must be at least one interval"));
+        }
+        if g.serve.is_empty() {
+            return Err(invalid("aggregate.serve", "serve at least one scope"));
+        }
+        for s in &g.serve {
+            crate::subject::ScopePattern::parse(s).map_err(|m| invalid("aggregate.serve", m))?;
+        }
+        if let Some(i) = &g.instance {
+            validate_token("aggregate.instance", i)?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &g.alarms {
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(invalid(
+                    "aggregate.alarms.name",
+                    format!("{:?}: names must be present and unique", r.name),
+                ));
+            }
+            if !matches!(r.op.as_str(), ">" | ">=" | "<" | "<=") {
+                return Err(invalid(
+                    "aggregate.alarms.op",
+                    format!("rule {:?}: {:?} is not one of > >= < <=", r.name, r.op),
+                ));
+            }
+            if !r.threshold.is_finite() || r.clear.is_some_and(|c| !c.is_finite()) {
+                return Err(invalid(
+                    "aggregate.alarms.threshold",
+                    format!("rule {:?}: thresholds must be finite numbers", r.name),
+                ));
+            }
+            if let Some(c) = r.clear {
+                let wrong_side = match r.op.as_str() {
+                    ">" | ">=" => c > r.threshold,
+                    _ => c < r.threshold,
+                };
+                if wrong_side {
+                    return Err(invalid(
+                        "aggregate.alarms.clear",
+                        format!(
+                            "rule {:?}: the clear threshold must be on the healthy side of the threshold",
+                            r.name
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -8,9 +8,10 @@ pub mod connect;
 pub mod frame;
 pub mod identity;
 pub mod publish;
+pub mod sketch;
 pub mod subject;
 pub mod wire;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use identity::NodeId;
-pub use subject::{Family, Parsed, Scope, Subjects};
+pub use subject::{Family, Parsed, Scope, ScopePattern, Subjects};

@@ -267,6 +267,94 @@ fn push_scope(s: &mut String, scope: &Scope) {
     }
 }
 
+/// A scope an aggregator serves, from `aggregate.serve`: `grid`, `<cluster>` (also
+/// `cluster:<cluster>`) or `<cluster>/<group>` (also `group:<cluster>/<group>`); `*` in place of a
+/// name stands for any.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ScopePattern {
+    Grid,
+    Cluster { cluster: Option<String> },
+    Group {
+        cluster: Option<String>,
+        group: Option<String>,
+    },
+}
+
+impl ScopePattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = |field: &str, t: &str| -> Result<Option<String>, String> {
+            if t == "*" {
+                return Ok(None);
+            }
+            validate_token(field, t).map_err(|e| format!("{text:?}: {e}"))?;
+            Ok(Some(t.to_string()))
+        };
+        let group = |rest: &str| -> Result<Self, String> {
+            let (c, g) = rest
+                .split_once('/')
+                .filter(|(_, g)| !g.contains('/'))
+                .ok_or_else(|| format!("{text:?}: a group is written <cluster>/<group>"))?;
+            Ok(Self::Group {
+                cluster: name("cluster", c)?,
+                group: name("group", g)?,
+            })
+        };
+        if text == "grid" {
+            return Ok(Self::Grid);
+        }
+        if let Some(c) = text.strip_prefix("cluster:") {
+            return Ok(Self::Cluster {
+                cluster: name("cluster", c)?,
+            });
+        }
+        if let Some(rest) = text.strip_prefix("group:") {
+            return group(rest);
+        }
+        if text.contains('/') {
+            return group(text);
+        }
+        Ok(Self::Cluster {
+            cluster: name("cluster", text)?,
+        })
+    }
+
+    /// Whether a scope (a group, a cluster or the grid) is served by this pattern.
+    pub fn matches(&self, scope: &Scope) -> bool {
+        let is = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
+        match (self, scope) {
+            (Self::Grid, Scope::Grid) => true,
+            (Self::Cluster { cluster }, Scope::Cluster { cluster: c }) => is(cluster, c),
+            (Self::Group { cluster, group }, Scope::Group { cluster: c, group: g }) => {
+                is(cluster, c) && is(group, g)
+            }
+            _ => false,
+        }
+    }
+
+    /// The subject carrying this pattern's inputs: node reports for groups, group rollups for
+    /// clusters, cluster rollups for the grid. Wildcard subscriptions also match non-telemetry
+    /// subjects of the same length; parse and skip those.
+    pub fn inputs(&self, subjects: &Subjects) -> String {
+        let t = |o: &Option<String>| o.clone().unwrap_or_else(|| "*".into());
+        match self {
+            Self::Grid => subjects.grid_members(),
+            Self::Cluster { cluster } => subjects.cluster_members(&t(cluster)),
+            Self::Group { cluster, group } => subjects.group_members(&t(cluster), &t(group)),
+        }
+    }
+}
+
+impl fmt::Display for ScopePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = |o: &Option<String>| o.clone().unwrap_or_else(|| "*".into());
+        match self {
+            Self::Grid => f.write_str("grid"),
+            Self::Cluster { cluster } => write!(f, "cluster:{}", t(cluster)),
+            Self::Group { cluster, group } => write!(f, "group:{}/{}", t(cluster), t(group)),
+        }
+    }
+}
+
 /// True when `word` may not be used as a cluster name.
 pub fn is_reserved(word: &str) -> bool {
     RESERVED.contains(&word)
@@ -323,6 +411,34 @@ mod tests {
         let s = Subjects::new(prefix).unwrap();
         let got = s.parse(subject).map_err(|_| ());
         assert_eq!(got, expected, "{subject:?}");
+    }
+
+    #[test]
+    fn scope_patterns() {
+        let s = Subjects::new("grid").unwrap();
+        let group = |c: &str, g: &str| Scope::Group {
+            cluster: c.into(),
+            group: g.into(),
+        };
+        let cluster = |c: &str| Scope::Cluster { cluster: c.into() };
+        let p = |t: &str| ScopePattern::parse(t).unwrap();
+        assert_eq!(p("grid"), ScopePattern::Grid);
+        assert!(p("*/*").matches(&group("eu", "r1")));
+        assert!(!p("*/*").matches(&cluster("eu")));
+        assert!(p("eu/*").matches(&group("eu", "r1")));
+        assert!(!p("eu/*").matches(&group("us", "r1")));
+        assert!(p("eu").matches(&cluster("eu")));
+        assert!(p("cluster:grid").matches(&cluster("grid")));
+        assert!(p("*").matches(&cluster("us")));
+        assert!(p("group:eu/r1").matches(&group("eu", "r1")));
+        assert_eq!(p("*/*").inputs(&s), "grid.*.*.*");
+        assert_eq!(p("eu/r1").inputs(&s), "grid.eu.r1.*");
+        assert_eq!(p("eu").inputs(&s), "grid.eu.*");
+        assert_eq!(p("grid").inputs(&s), "grid.*");
+        assert_eq!(p("eu/*").to_string(), "group:eu/*");
+        for bad in ["eu/", "/r1", "a b", "eu/r1/n", "cluster:", "a.b"] {
+            assert!(ScopePattern::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

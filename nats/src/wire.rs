@@ -5,8 +5,11 @@
 //! without breaking older readers; a change that breaks readers bumps [`SCHEMA_VERSION`].
 
 use serde::de::{DeserializeOwned, IgnoredAny};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+pub use crate::sketch::Sketch;
 pub use gridmon_collectors::model::*;
 
 use crate::identity::NodeId;
@@ -22,6 +25,15 @@ pub enum Kind {
     NodeReport,
     /// [`Inventory`] on `<p>.inventory.<cluster>.<group>.<node>`.
     Inventory,
+    /// [`Rollup`] on `<p>.<cluster>.<group>`, `<p>.<cluster>` or `<p>`.
+    Rollup,
+    /// [`AlarmEvent`] on `<p>.alarm.<scope…>`.
+    Alarm,
+    /// [`NodeEvent`] on `<p>.event.<cluster>.<group>.<node>`.
+    Event,
+    /// [`ReportRequest`] on `<p>.cmd.<cluster>[.<group>[.<node>]]`; agents reply with their
+    /// latest `node_report` envelope.
+    ReportRequest,
     /// A kind this build does not know (a newer publisher's).
     #[serde(other)]
     Unknown,
@@ -32,6 +44,10 @@ impl Kind {
         match self {
             Self::NodeReport => "node_report",
             Self::Inventory => "inventory",
+            Self::Rollup => "rollup",
+            Self::Alarm => "alarm",
+            Self::Event => "event",
+            Self::ReportRequest => "report_request",
             Self::Unknown => "unknown",
         }
     }
@@ -105,7 +121,99 @@ pub struct NodeReport {
     pub processes: Option<ProcessTable>,
     /// hwmon and I2C readings.
     pub sensors: Vec<SensorReading>,
+    /// The supervised worker programs and their states (empty when the node supervises none).
+    pub programs: Vec<ProgramStatus>,
     pub agent: AgentStats,
+}
+
+/// The state of a supervised worker program.
+///
+/// `crashed` (exited unexpectedly, a restart is pending or under way) and `error` (gave up: the
+/// restart limit was hit or it cannot be started) are the failure states alarms watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgramState {
+    Starting,
+    Running,
+    /// Running with reduced function on operator request.
+    Degraded,
+    Stopping,
+    Stopped,
+    Crashed,
+    Error,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// One supervised program in a node report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub state: ProgramState,
+    pub pid: Option<u32>,
+    /// Restarts after a crash since the supervisor started.
+    pub restarts: u32,
+    /// When the program entered `state`, ms since the Unix epoch.
+    pub since_ms: i64,
+    /// Deployed code version, when known.
+    pub version: Option<String>,
+}
+
+/// Count of supervised programs per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProgramCounts {
+    pub starting: u32,
+    pub running: u32,
+    pub degraded: u32,
+    pub stopping: u32,
+    pub stopped: u32,
+    pub crashed: u32,
+    pub error: u32,
+    pub unknown: u32,
+}
+
+impl ProgramCounts {
+    pub fn add(&mut self, s: ProgramState, n: u32) {
+        let slot = match s {
+            ProgramState::Starting => &mut self.starting,
+            ProgramState::Running => &mut self.running,
+            ProgramState::Degraded => &mut self.degraded,
+            ProgramState::Stopping => &mut self.stopping,
+            ProgramState::Stopped => &mut self.stopped,
+            ProgramState::Crashed => &mut self.crashed,
+            ProgramState::Error => &mut self.error,
+            ProgramState::Unknown => &mut self.unknown,
+        };
+        *slot = slot.saturating_add(n);
+    }
+
+    pub fn merge(&mut self, o: &Self) {
+        for (s, n) in o.iter() {
+            self.add(s, n);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ProgramState, u32)> {
+        [
+            (ProgramState::Starting, self.starting),
+            (ProgramState::Running, self.running),
+            (ProgramState::Degraded, self.degraded),
+            (ProgramState::Stopping, self.stopping),
+            (ProgramState::Stopped, self.stopped),
+            (ProgramState::Crashed, self.crashed),
+            (ProgramState::Error, self.error),
+            (ProgramState::Unknown, self.unknown),
+        ]
+        .into_iter()
+    }
+
+    /// Programs in a failure state (`crashed` + `error`).
+    pub fn failed(&self) -> u32 {
+        self.crashed.saturating_add(self.error)
+    }
 }
 
 /// The agent's own health, reported with every report.
@@ -126,6 +234,401 @@ pub struct AgentStats {
     pub cpu_time_ms: u64,
     /// Resident memory of the agent process, bytes.
     pub rss_bytes: u64,
+}
+
+/// A node report as the aggregators read it: everything but the process rows, which are skipped
+/// without being built (they are most of a report's bytes and none of a rollup's inputs).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ReportView {
+    pub interval_ms: u32,
+    pub host: Option<HostMetrics>,
+    pub processes: Option<ProcessSummary>,
+    pub sensors: Vec<SensorReading>,
+    pub programs: Vec<ProgramStatus>,
+    pub agent: AgentStats,
+}
+
+/// The process table without its rows.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ProcessSummary {
+    pub total: u32,
+    pub states: StateCounts,
+    /// Rows present in the report (the `rows` array is skipped, only counted).
+    #[serde(rename = "rows", deserialize_with = "count_array")]
+    pub row_count: u32,
+    pub vanished_total: u64,
+    pub denied_total: u64,
+}
+
+/// Counts the elements of an array without building them.
+fn count_array<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct Counter;
+    impl<'de> serde::de::Visitor<'de> for Counter {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
+            let mut n = 0u32;
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                n = n.saturating_add(1);
+            }
+            Ok(n)
+        }
+    }
+    d.deserialize_seq(Counter)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollups, alarms and events: what the aggregators publish.
+// ---------------------------------------------------------------------------------------------
+
+/// The level of the hierarchy a rollup summarises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    #[default]
+    Group,
+    Cluster,
+    Grid,
+}
+
+impl Level {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Group => "group",
+            Self::Cluster => "cluster",
+            Self::Grid => "grid",
+        }
+    }
+}
+
+/// One window of one group, cluster or the grid.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rollup {
+    pub level: Level,
+    /// The window `[window_start_ms, window_start_ms + window_ms)` on the wall clock, aligned to
+    /// multiples of `window_ms` since the Unix epoch.
+    pub window_start_ms: i64,
+    pub window_ms: u32,
+    pub nodes: NodeCounts,
+    /// Node reports (group) or member rollups (cluster, grid) folded into this window.
+    pub inputs: u32,
+    /// Per-metric summaries over the nodes that reported in the window, keyed by metric name
+    /// (`cpu_pct`, `mem_used_pct`, `temp_cpu_c`, … see `docs/aggregation.md`).
+    pub metrics: BTreeMap<String, MetricSummary>,
+    pub sums: Sums,
+    /// Operating-system process states summed over the nodes' latest process tables.
+    pub process_states: StateCounts,
+    /// Supervised program states summed over the nodes.
+    pub programs: ProgramCounts,
+    pub faults: FaultCounts,
+    pub alarms: AlarmSummary,
+    /// One line per member: per node in a group rollup, per group in a cluster rollup, per
+    /// cluster in the grid rollup; sorted by name.
+    pub members: Vec<MemberLine>,
+    /// What the aggregator of this scope received and dropped, cumulative since it started.
+    pub input: InputStats,
+}
+
+/// Nodes by liveness. `online`: heard from within `stale_after` intervals; `stale`: not heard
+/// from for `stale_after` intervals; `offline`: not for `offline_after` intervals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeCounts {
+    pub online: u32,
+    pub stale: u32,
+    pub offline: u32,
+}
+
+impl NodeCounts {
+    pub fn merge(&mut self, o: &Self) {
+        self.online = self.online.saturating_add(o.online);
+        self.stale = self.stale.saturating_add(o.stale);
+        self.offline = self.offline.saturating_add(o.offline);
+    }
+
+    pub fn total(&self) -> u32 {
+        self.online
+            .saturating_add(self.stale)
+            .saturating_add(self.offline)
+    }
+}
+
+/// Distribution of one metric over the nodes of a scope in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricSummary {
+    /// Node values summarised.
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+    /// Quantiles from the sketch: within `sketch.alpha` (1 %) of the exact value.
+    pub p50: f64,
+    pub p95: f64,
+    pub sum: f64,
+    /// The mergeable summary the next level up merges; see `docs/wire.md#sketch`.
+    pub sketch: Sketch,
+}
+
+/// Totals where a total means something.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sums {
+    pub cpu_cores: u64,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    /// Filesystem capacity and use (device-backed filesystems).
+    pub fs_total_bytes: u64,
+    pub fs_used_bytes: u64,
+    pub disk_read_bytes_ps: f64,
+    pub disk_write_bytes_ps: f64,
+    pub net_rx_bytes_ps: f64,
+    pub net_tx_bytes_ps: f64,
+    pub processes: u64,
+}
+
+impl Sums {
+    pub fn merge(&mut self, o: &Self) {
+        self.cpu_cores = self.cpu_cores.saturating_add(o.cpu_cores);
+        self.memory_total_bytes = self.memory_total_bytes.saturating_add(o.memory_total_bytes);
+        self.memory_used_bytes = self.memory_used_bytes.saturating_add(o.memory_used_bytes);
+        self.swap_total_bytes = self.swap_total_bytes.saturating_add(o.swap_total_bytes);
+        self.swap_used_bytes = self.swap_used_bytes.saturating_add(o.swap_used_bytes);
+        self.fs_total_bytes = self.fs_total_bytes.saturating_add(o.fs_total_bytes);
+        self.fs_used_bytes = self.fs_used_bytes.saturating_add(o.fs_used_bytes);
+        self.disk_read_bytes_ps += o.disk_read_bytes_ps;
+        self.disk_write_bytes_ps += o.disk_write_bytes_ps;
+        self.net_rx_bytes_ps += o.net_rx_bytes_ps;
+        self.net_tx_bytes_ps += o.net_tx_bytes_ps;
+        self.processes = self.processes.saturating_add(o.processes);
+    }
+}
+
+/// Hardware faults seen in the window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultCounts {
+    /// Sensors beyond a limit of their chip (min, max or crit) or flagged by the chip.
+    pub sensors_beyond_limits: u32,
+    /// Temperatures at or above their chip's critical limit.
+    pub over_crit: u32,
+    /// Fans at 0 RPM while the chip expects them to spin (a minimum above 0, or its alarm flag).
+    pub fans_stopped: u32,
+    /// Voltages outside the chip's min/max.
+    pub voltages_out_of_range: u32,
+    /// Nodes with at least one of the above.
+    pub nodes_with_faults: u32,
+}
+
+impl FaultCounts {
+    pub fn merge(&mut self, o: &Self) {
+        self.sensors_beyond_limits = self
+            .sensors_beyond_limits
+            .saturating_add(o.sensors_beyond_limits);
+        self.over_crit = self.over_crit.saturating_add(o.over_crit);
+        self.fans_stopped = self.fans_stopped.saturating_add(o.fans_stopped);
+        self.voltages_out_of_range = self
+            .voltages_out_of_range
+            .saturating_add(o.voltages_out_of_range);
+        self.nodes_with_faults = self.nodes_with_faults.saturating_add(o.nodes_with_faults);
+    }
+}
+
+/// Alarms active at the window close, in this scope and below.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlarmSummary {
+    pub active: u32,
+    pub critical: u32,
+    pub warning: u32,
+    pub info: u32,
+    /// The active alarms, most severe first, at most [`ALARM_LIST_MAX`]; `active` has the count.
+    pub list: Vec<ActiveAlarm>,
+}
+
+/// Most alarms a rollup lists one by one.
+pub const ALARM_LIST_MAX: usize = 100;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActiveAlarm {
+    /// Stable id: the same for the raise and the clear of one alarm (`docs/aggregation.md`).
+    pub id: String,
+    pub rule: String,
+    pub severity: Severity,
+    /// `cluster[/group[/node]]` the alarm is about.
+    pub scope: String,
+    /// The sensor id or program name for per-instance rules.
+    pub instance: Option<String>,
+    /// The value that raised it.
+    pub value: f64,
+    pub since_ms: i64,
+}
+
+/// Compact state of one member, so a viewer can drill down without subscribing below.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberLine {
+    pub name: String,
+    pub status: MemberStatus,
+    /// Last report (node) or rollup (group, cluster) received, ms since the Unix epoch.
+    pub last_seen_ms: i64,
+    /// The member's nodes (for a node member, one of the three is 1).
+    pub nodes: NodeCounts,
+    /// CPU busy %: the node's value, or the mean over a group's or cluster's nodes.
+    pub cpu_pct: Option<f32>,
+    /// Highest node CPU % (equals `cpu_pct` for a node).
+    pub cpu_max_pct: Option<f32>,
+    pub mem_used_pct: Option<f32>,
+    /// Busiest disk.
+    pub disk_busy_pct: Option<f32>,
+    /// Network totals.
+    pub net_rx_bytes_ps: f64,
+    pub net_tx_bytes_ps: f64,
+    /// Hottest temperature sensor.
+    pub temp_max_c: Option<f32>,
+    /// Hardware faults (sensors beyond limits).
+    pub faults: u32,
+    pub programs_failed: u32,
+    pub alarms: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    #[default]
+    Online,
+    Stale,
+    Offline,
+}
+
+/// What one scope's aggregator received and why it dropped what it dropped, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InputStats {
+    pub received: u64,
+    pub folded: u64,
+    /// Arrived after their window closed: folded into the next window, or dropped when the
+    /// member already had a newer input there.
+    pub late: u64,
+    pub late_dropped: u64,
+    pub malformed: u64,
+    pub unknown_schema: u64,
+    pub wrong_kind: u64,
+    /// The payload's source disagrees with the subject.
+    pub identity_mismatch: u64,
+    /// Timestamp beyond `aggregate.max_clock_skew` of the aggregator's clock.
+    pub clock_skew: u64,
+    /// A sequence number already seen in the same run.
+    pub duplicate: u64,
+    /// Beyond `aggregate.max_report_bytes` or `aggregate.max_processes`.
+    pub oversize: u64,
+}
+
+impl InputStats {
+    pub fn dropped(&self) -> u64 {
+        self.late_dropped
+            + self.malformed
+            + self.unknown_schema
+            + self.wrong_kind
+            + self.identity_mismatch
+            + self.clock_skew
+            + self.duplicate
+            + self.oversize
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmAction {
+    #[default]
+    Raise,
+    Clear,
+}
+
+/// An alarm raised or cleared, on `<p>.alarm.<cluster>[.<group>[.<node>]]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlarmEvent {
+    /// Stable id: the same for the raise and the clear.
+    pub id: String,
+    pub action: AlarmAction,
+    pub rule: String,
+    pub severity: Severity,
+    /// The metric the rule watches (`cpu_pct`, `cpu_pct.p95`, `sensor_crit`, …).
+    pub metric: String,
+    /// The sensor id or program name for per-instance rules.
+    pub instance: Option<String>,
+    /// `>`, `>=`, `<`, `<=`.
+    pub op: String,
+    pub threshold: f64,
+    pub clear_threshold: f64,
+    /// The value at the raise or the clear.
+    pub value: f64,
+    /// When the alarm was raised (on a clear: the raise it ends), ms since the Unix epoch.
+    pub raised_ms: i64,
+    /// The window close that decided it, ms since the Unix epoch.
+    pub ts_ms: i64,
+    /// One line for people.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Heard from again after being stale or offline.
+    NodeOnline,
+    NodeStale,
+    NodeOffline,
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// Something that happened to a node, on `<p>.event.<cluster>.<group>.<node>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    pub event: EventKind,
+    /// Last report received, ms since the Unix epoch (absent: never heard from).
+    pub last_seen_ms: Option<i64>,
+    /// Whole intervals without a report when the event was decided.
+    pub missed_intervals: u32,
+    pub message: String,
+}
+
+/// Asks agents for their latest report (no signature: it changes nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportRequest {
+    /// Who asks, for the agents' logs.
+    pub requester: String,
 }
 
 /// Why bytes did not decode.
@@ -160,15 +663,32 @@ pub fn peek(bytes: &[u8]) -> Result<Header, WireError> {
 
 /// Decodes a message whose kind must be `kind`.
 pub fn decode<B: DeserializeOwned>(bytes: &[u8], kind: Kind) -> Result<Envelope<B>, WireError> {
-    // The header is checked first so an unknown schema is reported as such, not as a body error.
-    let h = peek(bytes)?;
-    if h.kind != kind {
+    // One pass on the common path; only a failure pays for a second look at the header, so an
+    // unknown schema or kind is reported as such rather than as a body that does not parse.
+    match rmp_serde::from_slice::<Envelope<B>>(bytes) {
+        Ok(env) => {
+            check_header(env.schema, env.kind, kind)?;
+            Ok(env)
+        }
+        Err(e) => {
+            let h = peek(bytes)?;
+            check_header(h.schema, h.kind, kind)?;
+            Err(WireError::Malformed(e))
+        }
+    }
+}
+
+fn check_header(schema: u16, got: Kind, expected: Kind) -> Result<(), WireError> {
+    if schema != SCHEMA_VERSION {
+        return Err(WireError::UnsupportedSchema(schema));
+    }
+    if got != expected {
         return Err(WireError::UnexpectedKind {
-            expected: kind.as_str(),
-            got: h.kind.as_str(),
+            expected: expected.as_str(),
+            got: got.as_str(),
         });
     }
-    Ok(rmp_serde::from_slice(bytes)?)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -202,6 +722,7 @@ mod tests {
                     ..Default::default()
                 }),
                 sensors: vec![],
+                programs: vec![],
                 agent: AgentStats::default(),
             },
         }
