@@ -83,6 +83,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
     }
 
+    let last_report: LastReport = Arc::default();
+    {
+        let (client, subjects, id, last, stop) = (
+            client.clone(),
+            subjects.clone(),
+            id.clone(),
+            last_report.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(
+            async move {
+                if let Err(e) = answer_report_requests(client, subjects, id, last, stop).await {
+                    tracing::warn!(error = %e, "report requests will not be answered");
+                }
+            }
+            .instrument(tracing::info_span!("report_requests")),
+        );
+    }
+
     let run_id = u64::try_from(now_ms()).unwrap_or(0);
     let mut framer = Framer::new(Source::from(&id), run_id);
     let report_subject = subjects.node_report(&id);
@@ -94,11 +113,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut tick: u64 = 0;
 
     loop {
+        let (wait, boundary_ms) = next_boundary(interval);
         tokio::select! {
-            _ = tokio::time::sleep(until_next_boundary(interval)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => break,
         }
-        let ts_ms = now_ms();
+        // Stamped with the boundary itself, not the wake-up time a few ms later: the report
+        // covers the interval that ends there, and aggregators file it in that window.
+        let ts_ms = boundary_ms;
         let with_processes = tick % process_every == 0;
         let check_inventory = inventory.due(ts_ms, config.agent.inventory_interval);
         tick += 1;
@@ -131,7 +153,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             },
         };
         match framer.frame(Kind::NodeReport, report_subject.clone(), ts_ms, &report) {
-            Ok(out) => spool.push(out),
+            Ok(out) => {
+                *last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(out.payload.clone());
+                spool.push(out);
+            }
             Err(e) => tracing::error!(error = %e, "cannot encode a report; skipped"),
         }
         if let Some(inv) = sample.inventory {
@@ -150,6 +175,55 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracker.close();
     tracker.wait().await;
     client.flush().await.ok();
+    Ok(())
+}
+
+/// The encoded bytes of the latest report, for report requests.
+type LastReport = Arc<Mutex<Option<bytes::Bytes>>>;
+
+/// Answers `report_request`s on `<p>.cmd.<c>`, `<p>.cmd.<c>.<g>` and `<p>.cmd.<c>.<g>.<n>` with
+/// the latest report, byte for byte as published (an aggregator that starts mid-interval gets a
+/// complete first window). Other messages on these subjects are left to the supervisor.
+async fn answer_report_requests(
+    client: async_nats::Client,
+    subjects: gridmon_nats::Subjects,
+    id: gridmon_nats::NodeId,
+    last: LastReport,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let scopes = [
+        Scope::Cluster {
+            cluster: id.cluster.clone(),
+        },
+        Scope::Group {
+            cluster: id.cluster.clone(),
+            group: id.group.clone(),
+        },
+        Scope::Node(id.clone()),
+    ];
+    let mut subs = Vec::new();
+    for s in &scopes {
+        subs.push(client.subscribe(subjects.family(Family::Cmd, s)).await?);
+    }
+    let mut requests = futures::stream::select_all(subs);
+    loop {
+        let msg = tokio::select! {
+            m = requests.next() => match m { Some(m) => m, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(reply) = msg.reply else { continue };
+        match gridmon_nats::wire::peek(&msg.payload) {
+            Ok(h) if h.kind == Kind::ReportRequest => {}
+            _ => continue,
+        }
+        let bytes = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(b) = bytes {
+            if let Err(e) = client.publish(reply, b).await {
+                tracing::debug!(error = %e, "could not answer a report request");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -184,16 +258,21 @@ fn ticks_per(every: Duration, interval: Duration) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX).max(1)
 }
 
-/// Time until the next multiple of `interval` on the wall clock, so every node samples at the same
-/// instants and a rollup window holds exactly one report per node.
-fn until_next_boundary(interval: Duration) -> Duration {
+/// Time until the next multiple of `interval` on the wall clock, and that boundary in ms since
+/// the Unix epoch, so every node samples at the same instants and a rollup window holds exactly
+/// one report per node.
+fn next_boundary(interval: Duration) -> (Duration, i64) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
     let step = interval.as_nanos().max(1);
     let wait = step - now % step;
-    Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
+    let boundary_ms = i64::try_from((now + wait) / 1_000_000).unwrap_or(i64::MAX);
+    (
+        Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX)),
+        boundary_ms,
+    )
 }
 
 /// Everything one tick produces.
@@ -362,7 +441,10 @@ mod tests {
             2
         );
         assert_eq!(ticks_per(Duration::from_secs(1), Duration::from_secs(1)), 1);
-        assert!(until_next_boundary(Duration::from_secs(1)) <= Duration::from_secs(1));
+        let (wait, boundary) = next_boundary(Duration::from_secs(1));
+        assert!(wait <= Duration::from_secs(1));
+        assert_eq!(boundary % 1000, 0, "on a whole second");
+        assert!(boundary >= now_ms());
     }
 
     #[test]

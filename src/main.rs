@@ -1,7 +1,9 @@
 //! The `gridmon` binary: parses the command line, loads config, installs logging, runs a subcommand.
 
 mod agent;
+mod aggregate;
 mod demo;
+mod simulate;
 mod watch;
 
 use std::collections::HashMap;
@@ -30,6 +32,10 @@ struct Cli {
 enum Command {
     /// Run the node agent: collect host, process and sensor metrics and publish them.
     Agent(Common),
+    /// Fold node reports into group, cluster and grid rollups; detect stale nodes; raise alarms.
+    Aggregate(AggregateArgs),
+    /// Publish realistic reports for a simulated fleet, with injected faults.
+    Simulate(simulate::SimulateArgs),
     /// Print the messages on the bus, decoded.
     Watch(WatchArgs),
     /// Start a local nats-server and an agent, and show their reports live.
@@ -82,6 +88,22 @@ struct WatchArgs {
 }
 
 #[derive(Debug, Args)]
+struct AggregateArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Scopes to serve (repeat or comma-separate): `grid`, `<cluster>`, `<cluster>/<group>`, with
+    /// `*` for any name. Default: every group, every cluster and the grid.
+    #[arg(long, value_delimiter = ',')]
+    serve: Vec<String>,
+    /// This instance's name for leadership (default `<host>-<pid>`).
+    #[arg(long)]
+    instance: Option<String>,
+    /// Publish without leader election (a single instance, or a server without JetStream).
+    #[arg(long)]
+    no_leader_election: bool,
+}
+
+#[derive(Debug, Args)]
 struct DemoArgs {
     #[command(flatten)]
     common: Common,
@@ -129,17 +151,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
         Command::Agent(c) => c,
+        Command::Aggregate(a) => &a.common,
+        Command::Simulate(s) => &s.common,
         Command::Watch(w) => &w.common,
         Command::Demo(d) => &d.common,
     };
     init_logging(&common.log);
-    let config = match common.load() {
+    let mut config = match common.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gridmon: bad configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let mut aggregate_plan = None;
+    if let Command::Aggregate(a) = &cli.command {
+        match aggregate::Plan::new(
+            &mut config,
+            &a.serve,
+            a.instance.clone(),
+            a.no_leader_election,
+        ) {
+            Ok(p) => aggregate_plan = Some(p),
+            Err(e) => {
+                eprintln!("gridmon: bad configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -153,6 +192,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(_) => agent::run(config, shutdown_on_signal()).await,
+            Command::Aggregate(_) => match aggregate_plan {
+                Some(plan) => aggregate::run(config, plan, shutdown_on_signal()).await,
+                None => Ok(()),
+            },
+            Command::Simulate(s) => simulate::run(config, s, shutdown_on_signal()).await,
             Command::Watch(w) => {
                 watch::run(config, w.json, w.count, w.subject, shutdown_on_signal()).await
             }

@@ -7,7 +7,9 @@ use std::io::Write;
 
 use futures::StreamExt;
 use gridmon_nats::connect::connect;
-use gridmon_nats::wire::{self, Envelope, Inventory, Kind, NodeReport, WireError};
+use gridmon_nats::wire::{
+    self, AlarmEvent, Envelope, Event, Inventory, Kind, NodeReport, Rollup, WireError,
+};
 use gridmon_nats::{Config, Parsed};
 use tokio_util::sync::CancellationToken;
 
@@ -100,11 +102,68 @@ fn render_summary(
                 i.agent_version
             )
         }
+        Kind::Rollup => {
+            let env: Envelope<Rollup> = wire::decode(payload, Kind::Rollup)?;
+            summarize_rollup(&place, &env)
+        }
+        Kind::Alarm => {
+            let env: Envelope<AlarmEvent> = wire::decode(payload, Kind::Alarm)?;
+            let a = &env.body;
+            format!(
+                "{place} ALARM {:?} {} [{}] {}",
+                a.action,
+                a.id,
+                a.severity.as_str(),
+                a.message
+            )
+        }
+        Kind::Event => {
+            let env: Envelope<Event> = wire::decode(payload, Kind::Event)?;
+            format!("{place} EVENT {:?}: {}", env.body.event, env.body.message)
+        }
+        Kind::ReportRequest => format!("{place} report request seq={}", header.seq),
         Kind::Unknown => format!(
             "{place} {} seq={} (kind not known to this build)",
             subject, header.seq
         ),
     })
+}
+
+fn summarize_rollup(place: &str, env: &Envelope<Rollup>) -> String {
+    use std::fmt::Write;
+    let r = &env.body;
+    let mut s = format!(
+        "{place} {} rollup window {} | nodes {} online {} stale {} offline",
+        r.level.as_str(),
+        r.window_start_ms,
+        r.nodes.online,
+        r.nodes.stale,
+        r.nodes.offline
+    );
+    if let Some(c) = r.metrics.get("cpu_pct") {
+        let _ = write!(
+            s,
+            " | cpu mean {:.1}% p95 {:.1}% max {:.1}%",
+            c.mean, c.p95, c.max
+        );
+    }
+    if let Some(m) = r.metrics.get("mem_used_pct") {
+        let _ = write!(s, " | mem mean {:.1}%", m.mean);
+    }
+    let _ = write!(
+        s,
+        " | net rx {}/s tx {}/s | alarms {} | faults {} | programs failed {}",
+        human_bytes(r.sums.net_rx_bytes_ps),
+        human_bytes(r.sums.net_tx_bytes_ps),
+        r.alarms.active,
+        r.faults.sensors_beyond_limits,
+        r.programs.failed()
+    );
+    let dropped = r.input.dropped();
+    if dropped > 0 {
+        let _ = write!(s, " | dropped inputs {dropped}");
+    }
+    s
 }
 
 fn summarize_report(place: &str, env: &Envelope<NodeReport>) -> String {

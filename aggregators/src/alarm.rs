@@ -194,7 +194,9 @@ pub const BUILTIN: [&str; 6] = [
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuleError {
-    #[error("aggregate.alarms: rule {rule:?}: unknown metric {metric:?} for scope {scope}; {hint}")]
+    #[error(
+        "aggregate.alarms: rule {rule:?}: unknown metric {metric:?} for scope {scope}; {hint}"
+    )]
     UnknownMetric {
         rule: String,
         metric: String,
@@ -453,7 +455,11 @@ impl AlarmBook {
                     self.observe(rules, id, None, sample.and_then(|s| s.get(m)), at, out);
                 }
                 Target::NodeOffline => {
-                    let v = if offline { f64::from(missed.max(1)) } else { 0.0 };
+                    let v = if offline {
+                        f64::from(missed.max(1))
+                    } else {
+                        0.0
+                    };
                     self.observe(rules, id, None, Some(v), at, out);
                 }
                 Target::Fault(kind) => {
@@ -669,8 +675,10 @@ mod tests {
             instance: inst.into(),
             value: 101.0,
         };
-        let mut s = NodeSample::default();
-        s.fault_list = vec![fault("coretemp.0/temp1"), fault("coretemp.0/temp2")];
+        let mut s = NodeSample {
+            fault_list: vec![fault("coretemp.0/temp1"), fault("coretemp.0/temp2")],
+            ..Default::default()
+        };
         let at = |t| At {
             path: "c/g/n",
             now_ms: t,
@@ -735,7 +743,9 @@ mod tests {
     fn compile_errors() {
         let cfg = |t: &str| gridmon_nats::Config::from_toml(t).unwrap().aggregate;
         let w = Duration::from_secs(1);
-        let bad_metric = cfg("[[aggregate.alarms]]\nname = \"x\"\nmetric = \"cpu\"\nop = \">\"\nthreshold = 1\n");
+        let bad_metric = cfg(
+            "[[aggregate.alarms]]\nname = \"x\"\nmetric = \"cpu\"\nop = \">\"\nthreshold = 1\n",
+        );
         assert!(matches!(
             RuleSet::compile(&bad_metric, w),
             Err(RuleError::UnknownMetric { .. })

@@ -99,7 +99,7 @@ impl GroupFold {
         now_ms: i64,
     ) -> Result<Offered, Refused> {
         self.stats.received += 1;
-        if (ts_ms - now_ms).abs() > self.params.max_skew_ms {
+        if ts_ms.abs_diff(now_ms) > self.params.max_skew_ms.unsigned_abs() {
             self.stats.clock_skew += 1;
             return Err(Refused::ClockSkew);
         }
@@ -276,9 +276,9 @@ impl GroupFold {
     /// Drops nodes silent for `forget_after`, clearing their alarms.
     fn forget(&mut self, now: i64, alarm_events: &mut Vec<AlarmEvent>) {
         let (w, p) = (self.clock.open, self.params);
-        let gone = self
-            .members
-            .remove_where(|m| i64::from(m.missed(w, p.window_ms)) * p.window_ms >= p.forget_after_ms);
+        let gone = self.members.remove_where(|m| {
+            i64::from(m.missed(w, p.window_ms)) * p.window_ms >= p.forget_after_ms
+        });
         for mut m in gone {
             let path = format!("{}/{}", self.path, m.name);
             let at = At {

@@ -339,11 +339,9 @@ impl NodeSample {
                     fault = Some(FaultKind::FanStopped);
                 }
             }
-            SensorKind::Voltage => {
-                if below_min || above_max {
-                    self.faults.voltages_out_of_range += 1;
-                    fault = Some(FaultKind::VoltageRange);
-                }
+            SensorKind::Voltage if below_min || above_max => {
+                self.faults.voltages_out_of_range += 1;
+                fault = Some(FaultKind::VoltageRange);
             }
             _ => {}
         }
@@ -398,7 +396,12 @@ fn temperature_class(r: &SensorReading) -> Metric {
 }
 
 fn fan_class(r: &SensorReading) -> Metric {
-    if r.label.to_ascii_lowercase().contains("cpu") {
+    // Case-insensitive "cpu" without allocating: this runs for every fan of every report.
+    if r.label
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"cpu"))
+    {
         Metric::FanCpuRpm
     } else {
         Metric::FanChassisRpm
@@ -505,7 +508,11 @@ mod tests {
         assert_eq!(s.get(Metric::SwapUsedPct), None, "no swap: no figure");
         assert_eq!(s.get(Metric::DiskBusyPct), Some(30.0));
         assert_eq!(s.get(Metric::DiskReadBytesPs), Some(12.0));
-        assert_eq!(s.get(Metric::NetRxBytesPs), Some(100.0), "loopback left out");
+        assert_eq!(
+            s.get(Metric::NetRxBytesPs),
+            Some(100.0),
+            "loopback left out"
+        );
         assert_eq!(s.get(Metric::NetDropsPs), Some(3.0));
         assert_eq!(s.get(Metric::TempCpuC), Some(70.0));
         assert_eq!(s.get(Metric::TempDiskC), Some(40.0));
@@ -527,11 +534,7 @@ mod tests {
     fn check_sensor(r: SensorReading, expected: Option<FaultKind>, beyond: bool) {
         let mut s = NodeSample::default();
         s.add_sensor(&r);
-        assert_eq!(
-            s.fault_list.first().map(|f| f.kind),
-            expected,
-            "{r:?}"
-        );
+        assert_eq!(s.fault_list.first().map(|f| f.kind), expected, "{r:?}");
         assert_eq!(s.faults.sensors_beyond_limits > 0, beyond, "{r:?}");
         assert_eq!(s.faults.nodes_with_faults, u32::from(beyond));
     }
@@ -568,10 +571,7 @@ mod tests {
             true,
         );
         check_sensor(
-            SensorReading {
-                alarm: true,
-                ..fan
-            },
+            SensorReading { alarm: true, ..fan },
             Some(FaultKind::FanStopped),
             true,
         );

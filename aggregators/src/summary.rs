@@ -46,11 +46,16 @@ impl Merge {
     /// with its count) is rejected whole.
     pub fn add(&mut self, s: &MetricSummary) -> Result<(), Rejected> {
         s.sketch.validate().map_err(|e| Rejected(e.to_string()))?;
-        if s.sketch.count() != s.count || !(s.min.is_finite() && s.max.is_finite()) {
-            if s.count == 0 {
-                return Ok(());
-            }
-            return Err(Rejected("count, min or max disagree with the sketch".into()));
+        if s.count == 0 {
+            // Nothing to merge; its min and max are placeholders that must not count.
+            return Ok(());
+        }
+        if s.sketch.count() != s.count
+            || !(s.min.is_finite() && s.max.is_finite() && s.sum.is_finite())
+        {
+            return Err(Rejected(
+                "count, min, max or sum disagree with the sketch or are not finite".into(),
+            ));
         }
         match &mut self.acc {
             None => self.acc = Some(s.clone()),
@@ -81,7 +86,10 @@ mod tests {
     #[test]
     fn summarizes() {
         let s = summarize(&[1.0, 2.0, 3.0, 4.0]);
-        assert_eq!((s.count, s.min, s.max, s.sum, s.mean), (4, 1.0, 4.0, 10.0, 2.5));
+        assert_eq!(
+            (s.count, s.min, s.max, s.sum, s.mean),
+            (4, 1.0, 4.0, 10.0, 2.5)
+        );
         assert!((s.p50 - 2.0).abs() <= 0.02 * 2.0, "{}", s.p50);
         assert_eq!(summarize(&[]), MetricSummary::default());
     }

@@ -77,18 +77,18 @@ impl UpperFold {
     }
 
     /// Offers a member's rollup (already checked against its subject). The level must be the
-    /// one below ours.
+    /// one below ours and the window length ours (else `wrong_kind`).
     pub fn offer(&mut self, member: &str, rollup: Rollup, now_ms: i64) -> Option<Offered> {
         self.stats.received += 1;
         let expected = match self.level {
             Level::Grid => Level::Cluster,
             _ => Level::Group,
         };
-        if rollup.level != expected {
+        if rollup.level != expected || i64::from(rollup.window_ms) != self.params.window_ms {
             self.stats.wrong_kind += 1;
             return None;
         }
-        if (rollup.window_start_ms - now_ms).abs() > self.params.max_skew_ms {
+        if rollup.window_start_ms.abs_diff(now_ms) > self.params.max_skew_ms.unsigned_abs() {
             self.stats.clock_skew += 1;
             return None;
         }
@@ -164,7 +164,8 @@ impl UpperFold {
                 below.info = below.info.saturating_add(last.alarms.info);
                 listed_below.extend(last.alarms.list.iter().cloned());
             }
-            r.members.push(member_line(&m.name, status, m.last_seen_ms, nodes, last));
+            r.members
+                .push(member_line(&m.name, status, m.last_seen_ms, nodes, last));
         }
         self.stats.malformed += rejected;
         for (name, m) in merges {
@@ -178,15 +179,21 @@ impl UpperFold {
                 path: &path,
                 now_ms: now,
             };
-            self.alarms
-                .evaluate_rollup(&self.rules, AlarmScope::Cluster, &r, &at, &mut alarm_events);
+            self.alarms.evaluate_rollup(
+                &self.rules,
+                AlarmScope::Cluster,
+                &r,
+                &at,
+                &mut alarm_events,
+            );
         }
         let own: Vec<_> = self.alarms.active(&self.rules, &path).collect();
         r.alarms = alarm_summary(below, own, listed_below);
         r.members.sort_by(|a, b| a.name.cmp(&b.name));
         let p = self.params;
-        self.members
-            .remove_where(|m| i64::from(m.missed(w, p.window_ms)) * p.window_ms >= p.forget_after_ms);
+        self.members.remove_where(|m| {
+            i64::from(m.missed(w, p.window_ms)) * p.window_ms >= p.forget_after_ms
+        });
         r.input = self.stats;
         for e in alarm_events {
             out.push(Output::Alarm {

@@ -52,7 +52,10 @@ impl Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Self::from_config(&AggregateConfig::default(), std::time::Duration::from_secs(1))
+        Self::from_config(
+            &AggregateConfig::default(),
+            std::time::Duration::from_secs(1),
+        )
     }
 }
 
@@ -320,7 +323,11 @@ mod tests {
 
     #[test]
     fn windows() {
-        assert_eq!(window_of_report(5000, W), 4000, "a boundary closes the window before it");
+        assert_eq!(
+            window_of_report(5000, W),
+            4000,
+            "a boundary closes the window before it"
+        );
         assert_eq!(window_of_report(5001, W), 5000);
         assert_eq!(window_of_report(5999, W), 5000);
         assert_eq!(window_containing(5000, W), 5000);
@@ -388,13 +395,25 @@ mod tests {
         check(&[(9000, 9500)], &[Folded], Some(9500));
         // Newer replaces, an equal or older one is a duplicate.
         check(&[(9000, 9500), (9000, 9900)], &[Folded, Folded], Some(9900));
-        check(&[(9000, 9500), (9000, 9500)], &[Folded, Duplicate], Some(9500));
+        check(
+            &[(9000, 9500), (9000, 9500)],
+            &[Folded, Duplicate],
+            Some(9500),
+        );
         // A late input fills the open window once; an on-time one replaces it; a second late
         // one is dropped.
         check(&[(8000, 8500)], &[Late], Some(8500));
         check(&[(8000, 8500), (9000, 9100)], &[Late, Folded], Some(9100));
-        check(&[(9000, 9100), (8000, 8500)], &[Folded, LateDropped], Some(9100));
-        check(&[(8000, 8500), (7000, 7500)], &[Late, LateDropped], Some(8500));
+        check(
+            &[(9000, 9100), (8000, 8500)],
+            &[Folded, LateDropped],
+            Some(9100),
+        );
+        check(
+            &[(8000, 8500), (7000, 7500)],
+            &[Late, LateDropped],
+            Some(8500),
+        );
         // The next window has its own slot.
         check(&[(10_000, 10_050)], &[Folded], None);
     }

@@ -595,7 +595,10 @@ impl Config {
             return Err(invalid("aggregate.interval", "must be at least 100ms"));
         }
         if g.grace_for(window) >= window {
-            return Err(invalid("aggregate.grace", "must be shorter than the interval"));
+            return Err(invalid(
+                "aggregate.grace",
+                "must be shorter than the interval",
+            ));
         }
         if g.stale_after == 0 || g.offline_after <= g.stale_after {
             return Err(invalid(
@@ -617,7 +620,10 @@ impl Config {
             ));
         }
         if g.leader_ttl_for(window) < window {
-            return Err(invalid("aggregate.leader_ttl", "must be at least one interval"));
+            return Err(invalid(
+                "aggregate.leader_ttl",
+                "must be at least one interval",
+            ));
         }
         if g.serve.is_empty() {
             return Err(invalid("aggregate.serve", "serve at least one scope"));

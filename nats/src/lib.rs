@@ -7,6 +7,7 @@ pub mod config;
 pub mod connect;
 pub mod frame;
 pub mod identity;
+pub mod leader;
 pub mod publish;
 pub mod sketch;
 pub mod subject;

@@ -273,7 +273,9 @@ fn push_scope(s: &mut String, scope: &Scope) {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ScopePattern {
     Grid,
-    Cluster { cluster: Option<String> },
+    Cluster {
+        cluster: Option<String>,
+    },
     Group {
         cluster: Option<String>,
         group: Option<String>,
@@ -324,9 +326,13 @@ impl ScopePattern {
         match (self, scope) {
             (Self::Grid, Scope::Grid) => true,
             (Self::Cluster { cluster }, Scope::Cluster { cluster: c }) => is(cluster, c),
-            (Self::Group { cluster, group }, Scope::Group { cluster: c, group: g }) => {
-                is(cluster, c) && is(group, g)
-            }
+            (
+                Self::Group { cluster, group },
+                Scope::Group {
+                    cluster: c,
+                    group: g,
+                },
+            ) => is(cluster, c) && is(group, g),
             _ => false,
         }
     }
@@ -340,6 +346,17 @@ impl ScopePattern {
             Self::Grid => subjects.grid_members(),
             Self::Cluster { cluster } => subjects.cluster_members(&t(cluster)),
             Self::Group { cluster, group } => subjects.group_members(&t(cluster), &t(group)),
+        }
+    }
+
+    /// The subject this pattern's rollups are published on (a wildcard for a wildcard pattern);
+    /// a standby watches it to learn which windows the leader has published.
+    pub fn outputs(&self, subjects: &Subjects) -> String {
+        let t = |o: &Option<String>| o.clone().unwrap_or_else(|| "*".into());
+        match self {
+            Self::Grid => subjects.prefix().to_string(),
+            Self::Cluster { cluster } => subjects.join(&[&t(cluster)]),
+            Self::Group { cluster, group } => subjects.join(&[&t(cluster), &t(group)]),
         }
     }
 }
@@ -435,6 +452,10 @@ mod tests {
         assert_eq!(p("eu/r1").inputs(&s), "grid.eu.r1.*");
         assert_eq!(p("eu").inputs(&s), "grid.eu.*");
         assert_eq!(p("grid").inputs(&s), "grid.*");
+        assert_eq!(p("*/*").outputs(&s), "grid.*.*");
+        assert_eq!(p("eu/r1").outputs(&s), "grid.eu.r1");
+        assert_eq!(p("*").outputs(&s), "grid.*");
+        assert_eq!(p("grid").outputs(&s), "grid");
         assert_eq!(p("eu/*").to_string(), "group:eu/*");
         for bad in ["eu/", "/r1", "a b", "eu/r1/n", "cluster:", "a.b"] {
             assert!(ScopePattern::parse(bad).is_err(), "{bad:?}");

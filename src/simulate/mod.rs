@@ -1,0 +1,544 @@
+//! `gridmon simulate`: a fleet of simulated nodes publishing realistic node reports on the real
+//! subjects, with injected faults, and answering report requests as agents do.
+//!
+//! The fleet ([`fleet::Fleet`]) is pure: each node keeps its report and mutates it in place every
+//! tick. The runtime here moves the nodes in chunks to the blocking pool to update and encode
+//! them, one chunk at a time, while the async side publishes the previous chunk; so encoding
+//! never stalls the current-thread runtime and uses at most one extra core.
+
+mod fleet;
+mod procs;
+mod rng;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use async_nats::{Client, HeaderMap, Subject};
+use clap::Args;
+use futures::StreamExt;
+use gridmon_nats::connect::connect;
+use gridmon_nats::frame::now_ms;
+use gridmon_nats::publish::Outgoing;
+use gridmon_nats::wire::{self, Kind, ReportRequest, WireError};
+use gridmon_nats::{Config, Family, Scope, Subjects};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::Common;
+use fleet::{FaultCounts, Fleet, Group, SimNode, Spec, Tick};
+
+/// Nodes updated and encoded per trip to the blocking pool: small enough to overlap encoding
+/// with publishing, large enough that the trips cost nothing.
+const CHUNK: usize = 25;
+/// How long the end-of-tick flush may take before the tick is left to finish on its own.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Simulated nodes, named n0001, n0002, … (unique across the fleet).
+    #[arg(long, default_value_t = 16)]
+    pub nodes: u32,
+    /// Clusters, named c01, c02, …
+    #[arg(long, default_value_t = 1)]
+    pub clusters: u32,
+    /// Groups per cluster, named g01, g02, …; nodes are spread round-robin over all groups.
+    #[arg(long, default_value_t = 2)]
+    pub groups: u32,
+    /// Rows in each process table.
+    #[arg(long, default_value_t = 50)]
+    pub processes: u32,
+    /// Include the process table in every K-th report.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub process_every: u32,
+    /// Reports per node per second (0.2 = one every 5 s), on wall-clock boundaries of 1/rate.
+    #[arg(long, value_name = "HZ", default_value_t = 1.0)]
+    pub rate: f64,
+    /// Stop after this long (e.g. `30s`, `5m`); default: until SIGINT/SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Seed of the per-node variation; the same seed gives the same fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Supervised programs per node (worker-1, worker-2, …), normally running.
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub programs: u32,
+    /// Faults start this long after the simulator started.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub fault_after: Duration,
+    /// Nodes that stop publishing and stop answering report requests.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub silent: u32,
+    /// Nodes whose CPU package temperature sits at or beyond its critical limit (100 °C).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub overheat: u32,
+    /// Nodes whose CPU fan (minimum 600 RPM) reads 0 RPM.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fan_stop: u32,
+    /// Nodes whose program worker-1 is crashed, its restart count rising every report.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub crash: u32,
+    /// Nodes whose CPU swings between about 10 % and 97 % every report.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub flap: u32,
+    /// At exit, print one JSON line of totals to stdout.
+    #[arg(long)]
+    pub json_stats: bool,
+}
+
+impl SimulateArgs {
+    /// The validated simulation spec.
+    fn spec(&self) -> Result<Spec, String> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err(format!("--rate {}: must be a positive number", self.rate));
+        }
+        if !(0.00001..=1000.0).contains(&self.rate) {
+            return Err(format!(
+                "--rate {}: must be between 1 a day and 1000 per second",
+                self.rate
+            ));
+        }
+        let spec = Spec {
+            nodes: self.nodes,
+            clusters: self.clusters,
+            groups: self.groups,
+            processes: self.processes,
+            process_every: self.process_every,
+            interval: Duration::from_secs_f64(1.0 / self.rate),
+            seed: self.seed,
+            programs: self.programs,
+            faults: FaultCounts {
+                silent: self.silent,
+                overheat: self.overheat,
+                fan_stop: self.fan_stop,
+                crash: self.crash,
+                flap: self.flap,
+            },
+            fault_after: self.fault_after,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Totals of one run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    published: u64,
+    bytes: u64,
+    errors: u64,
+    ticks: u64,
+    /// Boundaries passed while the previous tick was still being published.
+    missed_ticks: u64,
+    replies: u64,
+}
+
+pub async fn run(
+    config: Config,
+    args: SimulateArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let spec = args
+        .spec()
+        .map_err(|e| anyhow::anyhow!("bad simulate flags: {e}"))?;
+    let subjects = config.subjects()?;
+    let start_ms = now_ms();
+    let run_id = u64::try_from(start_ms).unwrap_or(0);
+    let fleet = Fleet::new(&spec, &subjects, run_id, start_ms)?;
+    if spec.processes > 3000 {
+        tracing::warn!(
+            processes = spec.processes,
+            "reports with this many processes may exceed the server's max_payload (1 MB default)"
+        );
+    }
+    let faulty = fault_plan(&fleet);
+    let client = connect(&config.nats, "gridmon-simulate").await?;
+    tracing::info!(
+        nodes = spec.nodes,
+        clusters = spec.clusters,
+        groups = spec.clusters * spec.groups,
+        processes = spec.processes,
+        rate = args.rate,
+        servers = ?config.nats.servers,
+        "simulating a fleet"
+    );
+    if !faulty.is_empty() {
+        tracing::info!(after = ?spec.fault_after, plan = %faulty, "faults planned");
+    }
+
+    let latest = Latest::new(fleet.nodes.len());
+    let stop = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let responder = {
+        let subs = subscribe_requests(&client, &subjects, &fleet.groups).await?;
+        tracker.spawn(
+            answer_requests(
+                client.clone(),
+                subs,
+                fleet.groups.clone(),
+                latest.clone(),
+                stop.clone(),
+            )
+            .instrument(tracing::info_span!("report_requests")),
+        )
+    };
+    tracker.close();
+
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let stats = publish_loop(&client, fleet, &spec, &latest, &shutdown, deadline).await;
+    stop.cancel();
+    tracker.wait().await;
+    let replies = responder.await.unwrap_or(0);
+    let stats = Stats { replies, ..stats? };
+    if tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the final flush timed out");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_s = self_cpu_seconds();
+    tracing::info!(
+        published = stats.published,
+        bytes = stats.bytes,
+        errors = stats.errors,
+        seconds = format_args!("{seconds:.1}"),
+        nodes = spec.nodes,
+        ticks = stats.ticks,
+        missed_ticks = stats.missed_ticks,
+        replies = stats.replies,
+        reports_per_s = format_args!("{:.1}", stats.published as f64 / seconds.max(0.001)),
+        mb_per_s = format_args!("{:.1}", stats.bytes as f64 / 1e6 / seconds.max(0.001)),
+        cpu_pct = format_args!("{:.1}", 100.0 * cpu_s / seconds.max(0.001)),
+        "simulation finished"
+    );
+    if args.json_stats {
+        let line = serde_json::json!({
+            "published": stats.published,
+            "bytes": stats.bytes,
+            "errors": stats.errors,
+            "seconds": seconds,
+            "nodes": spec.nodes,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `silent: c01/g02/n0002, c01/g02/n0004; overheat: …` for the start-up log; empty without faults.
+fn fault_plan(fleet: &Fleet) -> String {
+    let mut parts = Vec::new();
+    for (k, (flag, _)) in fleet::Faults::default().by_flag().iter().enumerate() {
+        let nodes: Vec<String> = fleet
+            .nodes
+            .iter()
+            .filter(|n| n.faults.by_flag()[k].1)
+            .map(|n| n.id.to_string())
+            .collect();
+        if !nodes.is_empty() {
+            parts.push(format!("{flag}: {}", nodes.join(", ")));
+        }
+    }
+    parts.join("; ")
+}
+
+/// The wall-clock boundary after `now_ns` on a grid of `step_ns`: its number and its time in ns.
+fn next_boundary(now_ns: u128, step_ns: u128) -> (u128, u128) {
+    let step = step_ns.max(1);
+    let idx = now_ns / step + 1;
+    (idx, idx * step)
+}
+
+fn wall_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+/// Publishes every node's report on every boundary until shutdown or the deadline.
+async fn publish_loop(
+    client: &Client,
+    fleet: Fleet,
+    spec: &Spec,
+    latest: &Latest,
+    shutdown: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+) -> anyhow::Result<Stats> {
+    let step_ns = spec.interval.as_nanos().max(1);
+    let mut stats = Stats::default();
+    // The nodes travel to the blocking pool in chunks; the fleet keeps the tick arithmetic.
+    let mut fleet = fleet;
+    let mut chunks: Vec<Vec<SimNode>> = Vec::new();
+    let mut nodes = std::mem::take(&mut fleet.nodes).into_iter().peekable();
+    while nodes.peek().is_some() {
+        chunks.push(nodes.by_ref().take(CHUNK).collect());
+    }
+    let mut last_idx: Option<u128> = None;
+    let mut logged_error = false;
+    let mut last_overrun_log: Option<Instant> = None;
+    loop {
+        let (idx, at_ns) = next_boundary(wall_ns(), step_ns);
+        let wait = Duration::from_nanos(u64::try_from(at_ns - wall_ns().min(at_ns)).unwrap_or(0));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+            _ = until(deadline) => break,
+        }
+        if let Some(prev) = last_idx {
+            let missed = idx.saturating_sub(prev + 1);
+            if missed > 0 {
+                stats.missed_ticks += u64::try_from(missed).unwrap_or(u64::MAX);
+                if last_overrun_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        missed = stats.missed_ticks,
+                        "publishing a tick took longer than the interval: boundaries were skipped"
+                    );
+                    last_overrun_log = Some(Instant::now());
+                }
+            }
+        }
+        last_idx = Some(idx);
+        let ts_ms = i64::try_from(at_ns / 1_000_000).unwrap_or(i64::MAX);
+        let t = fleet.tick(u64::try_from(idx).unwrap_or(u64::MAX), ts_ms);
+        let began = Instant::now();
+        publish_tick(
+            client,
+            &mut chunks,
+            t,
+            latest,
+            &mut stats,
+            &mut logged_error,
+        )
+        .await?;
+        stats.ticks += 1;
+        match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "flush failed"),
+            Err(_) => tracing::warn!("flush timed out"),
+        }
+        tracing::debug!(
+            tick = t.tick,
+            took_ms = began.elapsed().as_millis() as u64,
+            published = stats.published,
+            "tick published"
+        );
+    }
+    Ok(stats)
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one node produced in one tick.
+struct Produced {
+    node: usize,
+    /// `None`: the node is silent.
+    out: Option<Result<Outgoing, WireError>>,
+}
+
+/// Updates and encodes the chunks one after the other on the blocking pool, publishing each
+/// chunk's reports while the next one is encoded.
+async fn publish_tick(
+    client: &Client,
+    chunks: &mut Vec<Vec<SimNode>>,
+    t: Tick,
+    latest: &Latest,
+    stats: &mut Stats,
+    logged_error: &mut bool,
+) -> anyhow::Result<()> {
+    let encode = move |mut chunk: Vec<SimNode>| {
+        tokio::task::spawn_blocking(move || {
+            let out: Vec<Produced> = chunk
+                .iter_mut()
+                .map(|n| Produced {
+                    node: n.index,
+                    out: n.frame(&t),
+                })
+                .collect();
+            (chunk, out)
+        })
+    };
+    let mut todo = std::mem::take(chunks).into_iter();
+    let mut pending = todo.next().map(encode);
+    while let Some(job) = pending.take() {
+        let (chunk, produced) = job.await.context("the report generator panicked")?;
+        pending = todo.next().map(encode);
+        chunks.push(chunk);
+        let mut updates: Vec<(usize, Option<Outgoing>)> = Vec::with_capacity(produced.len());
+        for p in produced {
+            match p.out {
+                None => updates.push((p.node, None)),
+                Some(Err(e)) => {
+                    stats.errors += 1;
+                    if !std::mem::replace(logged_error, true) {
+                        tracing::error!(error = %e, "cannot encode a report (further errors are only counted)");
+                    }
+                }
+                Some(Ok(o)) => {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
+                    let len = o.payload.len() as u64;
+                    let subject = Subject::from(o.subject.as_str());
+                    match client
+                        .publish_with_headers(subject, headers, o.payload.clone())
+                        .await
+                    {
+                        Ok(()) => {
+                            stats.published += 1;
+                            stats.bytes += len;
+                            updates.push((p.node, Some(o)));
+                        }
+                        Err(e) => {
+                            stats.errors += 1;
+                            if !std::mem::replace(logged_error, true) {
+                                tracing::error!(error = %e, "publish failed (further errors are only counted)");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        latest.set(updates);
+    }
+    Ok(())
+}
+
+/// Each node's last published report, exactly as sent, for report requests.
+#[derive(Debug, Clone)]
+struct Latest(Arc<Mutex<Vec<Option<Outgoing>>>>);
+
+impl Latest {
+    fn new(nodes: usize) -> Self {
+        Self(Arc::new(Mutex::new(vec![None; nodes])))
+    }
+
+    fn set(&self, updates: Vec<(usize, Option<Outgoing>)>) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, b) in updates {
+            if let Some(slot) = v.get_mut(i) {
+                *slot = b;
+            }
+        }
+    }
+
+    fn of(&self, members: &[usize]) -> Vec<Outgoing> {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        members
+            .iter()
+            .filter_map(|&i| v.get(i).cloned().flatten())
+            .collect()
+    }
+}
+
+type Requests =
+    futures::stream::SelectAll<futures::stream::BoxStream<'static, (usize, async_nats::Message)>>;
+
+/// Subscribes to `<p>.cmd.<cluster>.<group>` for every simulated group.
+async fn subscribe_requests(
+    client: &Client,
+    subjects: &Subjects,
+    groups: &[Group],
+) -> anyhow::Result<Requests> {
+    let mut all = futures::stream::SelectAll::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let subject = subjects.family(
+            Family::Cmd,
+            &Scope::Group {
+                cluster: g.cluster.clone(),
+                group: g.group.clone(),
+            },
+        );
+        let sub = client
+            .subscribe(subject.clone())
+            .await
+            .with_context(|| format!("cannot subscribe to {subject}"))?;
+        all.push(sub.map(move |m| (gi, m)).boxed());
+    }
+    client
+        .flush()
+        .await
+        .context("cannot register the subscriptions")?;
+    Ok(all)
+}
+
+/// Answers each group's report requests with its nodes' latest reports, as agents do; returns the
+/// number of replies sent.
+async fn answer_requests(
+    client: Client,
+    mut requests: Requests,
+    groups: Vec<Group>,
+    latest: Latest,
+    stop: CancellationToken,
+) -> u64 {
+    let mut replies = 0u64;
+    let mut ignored = 0u64;
+    loop {
+        let (gi, msg) = tokio::select! {
+            m = requests.next() => match m { Some(m) => m, None => break },
+            _ = stop.cancelled() => break,
+        };
+        let Some(reply) = msg.reply else {
+            ignored += 1;
+            continue;
+        };
+        match wire::peek(&msg.payload) {
+            Ok(h) if h.kind == Kind::ReportRequest => {}
+            Ok(_) | Err(_) => {
+                ignored += 1;
+                continue;
+            }
+        }
+        let requester = wire::decode::<ReportRequest>(&msg.payload, Kind::ReportRequest)
+            .map(|e| e.body.requester)
+            .unwrap_or_default();
+        let Some(g) = groups.get(gi) else { continue };
+        let payloads = latest.of(&g.members);
+        tracing::debug!(
+            requester,
+            group = %format_args!("{}/{}", g.cluster, g.group),
+            reports = payloads.len(),
+            "answering a report request"
+        );
+        for p in payloads {
+            match client.publish(reply.clone(), p.payload).await {
+                Ok(()) => replies += 1,
+                Err(e) => tracing::debug!(error = %e, "cannot reply to a report request"),
+            }
+        }
+    }
+    if ignored > 0 {
+        tracing::debug!(
+            ignored,
+            "messages on the command subjects that were not report requests"
+        );
+    }
+    replies
+}
+
+/// CPU time (user + system) this process used, seconds; 0 if unreadable.
+fn self_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions and reads no memory of ours.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tck = u64::try_from(tck).unwrap_or(100).max(1);
+    (num(11) + num(12)) as f64 / tck as f64
+}
