@@ -25,8 +25,8 @@ use gridmon_nats::frame::{now_ms, Framer};
 use gridmon_nats::leader::{key_for, LeaderConfig, Leadership};
 use gridmon_nats::publish::{Outgoing, Publisher, Spool};
 use gridmon_nats::wire::{
-    decode, encode, Envelope, InputStats, Kind, ReportRequest, ReportView, Rollup, Source,
-    WireError, SCHEMA_VERSION,
+    decode, encode, Envelope, InputStats, Kind, ReportRequest, Rollup, Source, WireError,
+    SCHEMA_VERSION,
 };
 use gridmon_nats::{Config, Family, NodeId, Parsed, Scope, ScopePattern, Subjects};
 use tokio_util::sync::CancellationToken;
@@ -487,7 +487,7 @@ impl Aggregator {
             self.note(&path, "oversize", &d);
             return;
         }
-        match decode::<ReportView>(payload, Kind::NodeReport) {
+        match gridmon_nats::skim::decode_report_view(payload) {
             Ok(env) => {
                 let s = &env.source;
                 if s.cluster != id.cluster

@@ -1,7 +1,9 @@
 //! `gridmon demo`: the whole local pipeline with embedded defaults, stopped together by Ctrl-C.
 //!
 //! Starts a private `nats-server` (JetStream on, store under the demo directory), the node agent
-//! for this machine, and a watcher that prints every report as it arrives.
+//! for this machine, a simulated fleet around it (with a crashed program, an overheating node and
+//! a node that goes silent), the aggregator for every group, cluster and the grid, and a watcher
+//! that prints the rollups, alarms and node events as they come.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ pub async fn run(
     mut config: Config,
     port: Option<u16>,
     dir: PathBuf,
+    common: crate::Common,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if !child::on_path("nats-server") {
@@ -46,16 +49,51 @@ pub async fn run(
     );
     eprintln!("demo: from another terminal: gridmon watch --nats-url {url}   (Ctrl-C here stops everything)");
 
+    let fleet = crate::simulate::SimulateArgs {
+        common,
+        nodes: 24,
+        clusters: 2,
+        groups: 2,
+        processes: 40,
+        process_every: 5,
+        rate: 1.0,
+        duration: None,
+        seed: 1,
+        programs: 2,
+        fault_after: Duration::from_secs(20),
+        silent: 1,
+        overheat: 1,
+        fan_stop: 0,
+        crash: 1,
+        flap: 0,
+        json_stats: false,
+    };
+    eprintln!(
+        "demo: a simulated fleet of {} nodes in clusters c01, c02 (after 20 s one node goes silent, one overheats, one program crashes)",
+        fleet.nodes
+    );
+    let mut agg_config = config.clone();
+    let plan = crate::aggregate::Plan::new(&mut agg_config, &[], None, false)
+        .map_err(|e| anyhow::anyhow!("aggregate config: {e}"))?;
+    let overview = config.subjects()?.overview();
     let agent = tokio::spawn(crate::agent::run(config.clone(), shutdown.clone()));
+    let sim = tokio::spawn(crate::simulate::run(
+        config.clone(),
+        fleet,
+        shutdown.clone(),
+    ));
+    let agg = tokio::spawn(crate::aggregate::run(agg_config, plan, shutdown.clone()));
     let watch = tokio::spawn(crate::watch::run(
         config,
         false,
         None,
-        None,
+        overview,
         shutdown.clone(),
     ));
     let result = tokio::select! {
         r = agent => r.context("agent task")?.context("agent"),
+        r = sim => r.context("simulator task")?.context("simulator"),
+        r = agg => r.context("aggregator task")?.context("aggregator"),
         r = watch => r.context("watch task")?.context("watch"),
         _ = server.wait() => Err(anyhow::anyhow!("nats-server exited; see {}", dir.join("nats.log").display())),
     };

@@ -82,9 +82,9 @@ struct WatchArgs {
     /// Exit after this many messages.
     #[arg(long)]
     count: Option<u64>,
-    /// Subject to subscribe to (default: everything under the prefix).
+    /// Subject to subscribe to, repeatable (default: everything under the prefix).
     #[arg(long)]
-    subject: Option<String>,
+    subject: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -200,7 +200,9 @@ fn main() -> ExitCode {
             Command::Watch(w) => {
                 watch::run(config, w.json, w.count, w.subject, shutdown_on_signal()).await
             }
-            Command::Demo(d) => demo::run(config, d.port, d.dir, shutdown_on_signal()).await,
+            Command::Demo(d) => {
+                demo::run(config, d.port, d.dir, d.common, shutdown_on_signal()).await
+            }
         }
     });
     match result {

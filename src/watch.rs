@@ -17,18 +17,18 @@ pub async fn run(
     config: Config,
     json: bool,
     count: Option<u64>,
-    subject: Option<String>,
+    only: Vec<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let subjects = config.subjects()?;
     let client = connect(&config.nats, "gridmon-watch").await?;
     let mut subs = Vec::new();
-    match subject {
-        Some(s) => subs.push(client.subscribe(s).await?),
-        None => {
-            subs.push(client.subscribe(subjects.everything()).await?);
-            subs.push(client.subscribe(subjects.prefix().to_string()).await?);
-        }
+    if only.is_empty() {
+        subs.push(client.subscribe(subjects.everything()).await?);
+        subs.push(client.subscribe(subjects.prefix().to_string()).await?);
+    }
+    for s in only {
+        subs.push(client.subscribe(s).await?);
     }
     client.flush().await?;
     let mut messages = futures::stream::select_all(subs);

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod leader;
 pub mod publish;
 pub mod sketch;
+pub mod skim;
 pub mod subject;
 pub mod wire;
 

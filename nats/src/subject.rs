@@ -158,6 +158,20 @@ impl Subjects {
         self.join(&[">"])
     }
 
+    /// What an operator's overview shows: every rollup (`<p>`, `<p>.*`, `<p>.*.*`), every alarm
+    /// and every node event, without node reports; no message matches two of these.
+    pub fn overview(&self) -> Vec<String> {
+        let alarm = Family::Alarm.as_str();
+        vec![
+            self.prefix.clone(),
+            self.join(&["*"]),
+            self.join(&["*", "*"]),
+            self.join(&[alarm, "*", "*"]),
+            self.join(&[alarm, "*", "*", "*"]),
+            self.family_all(Family::Event),
+        ]
+    }
+
     /// All subjects of one family: `<p>.<family>.>`.
     pub fn family_all(&self, family: Family) -> String {
         self.join(&[family.as_str(), ">"])
@@ -422,6 +436,17 @@ mod tests {
         assert_eq!(s.grid_members(), "grid.*");
         assert_eq!(s.everything(), "grid.>");
         assert_eq!(s.family_all(Family::Cmd), "grid.cmd.>");
+        assert_eq!(
+            s.overview(),
+            [
+                "grid",
+                "grid.*",
+                "grid.*.*",
+                "grid.alarm.*.*",
+                "grid.alarm.*.*.*",
+                "grid.event.>"
+            ]
+        );
     }
 
     fn check(prefix: &str, subject: &str, expected: Result<Parsed, ()>) {

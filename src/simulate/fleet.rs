@@ -479,12 +479,13 @@ impl SimNode {
             return None;
         }
         self.update(t);
-        Some(self.framer.frame(
+        let framed = self.framer.frame(
             Kind::NodeReport,
             self.subject.clone(),
             t.ts_ms,
             &self.report,
-        ))
+        );
+        Some(framed)
     }
 
     fn update(&mut self, t: &Tick) {

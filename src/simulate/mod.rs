@@ -2,9 +2,10 @@
 //! subjects, with injected faults, and answering report requests as agents do.
 //!
 //! The fleet ([`fleet::Fleet`]) is pure: each node keeps its report and mutates it in place every
-//! tick. The runtime here moves the nodes in chunks to the blocking pool to update and encode
-//! them, one chunk at a time, while the async side publishes the previous chunk; so encoding
-//! never stalls the current-thread runtime and uses at most one extra core.
+//! tick. The runtime here moves the nodes to the blocking pool to update and encode the next
+//! boundary's reports ahead of it, so encoding never stalls the current-thread runtime (which
+//! keeps answering report requests) and uses at most one extra core; at the boundary the batch
+//! is published on core NATS and flushed once.
 
 mod fleet;
 mod procs;
@@ -29,11 +30,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::Common;
-use fleet::{FaultCounts, Fleet, Group, SimNode, Spec, Tick};
+use fleet::{FaultCounts, Fleet, Group, Spec};
 
-/// Nodes updated and encoded per trip to the blocking pool: small enough to overlap encoding
-/// with publishing, large enough that the trips cost nothing.
-const CHUNK: usize = 25;
 /// How long the end-of-tick flush may take before the tick is left to finish on its own.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -263,6 +261,11 @@ fn wall_ns() -> u128 {
 }
 
 /// Publishes every node's report on every boundary until shutdown or the deadline.
+///
+/// The reports for a boundary are made and encoded *before* it, on the blocking pool: simulated
+/// values need not wait for the interval to pass, and this way the whole fleet goes out right at
+/// the boundary, as a real fleet's reports do, instead of trickling out while encoding runs
+/// (aggregators close a window a short grace after its end).
 async fn publish_loop(
     client: &Client,
     fleet: Fleet,
@@ -273,62 +276,74 @@ async fn publish_loop(
 ) -> anyhow::Result<Stats> {
     let step_ns = spec.interval.as_nanos().max(1);
     let mut stats = Stats::default();
-    // The nodes travel to the blocking pool in chunks; the fleet keeps the tick arithmetic.
     let mut fleet = fleet;
-    let mut chunks: Vec<Vec<SimNode>> = Vec::new();
-    let mut nodes = std::mem::take(&mut fleet.nodes).into_iter().peekable();
-    while nodes.peek().is_some() {
-        chunks.push(nodes.by_ref().take(CHUNK).collect());
-    }
-    let mut last_idx: Option<u128> = None;
+    let mut nodes = std::mem::take(&mut fleet.nodes);
     let mut logged_error = false;
     let mut last_overrun_log: Option<Instant> = None;
+    let mut idx = next_boundary(wall_ns(), step_ns).0;
     loop {
-        let (idx, at_ns) = next_boundary(wall_ns(), step_ns);
-        let wait = Duration::from_nanos(u64::try_from(at_ns - wall_ns().min(at_ns)).unwrap_or(0));
+        let at_ns = idx * step_ns;
+        let ts_ms = i64::try_from(at_ns / 1_000_000).unwrap_or(i64::MAX);
+        let t = fleet.tick(u64::try_from(idx).unwrap_or(u64::MAX), ts_ms);
+        let began = Instant::now();
+        let job = tokio::task::spawn_blocking(move || {
+            let out: Vec<Produced> = nodes
+                .iter_mut()
+                .map(|n| Produced {
+                    node: n.index,
+                    out: n.frame(&t),
+                })
+                .collect();
+            (nodes, out)
+        });
+        let batch = tokio::select! {
+            r = job => {
+                let (back, batch) = r.context("the report generator panicked")?;
+                nodes = back;
+                batch
+            }
+            _ = shutdown.cancelled() => break,
+            _ = until(deadline) => break,
+        };
+        let encode_ms = began.elapsed().as_millis() as u64;
+        let wait =
+            Duration::from_nanos(u64::try_from(at_ns.saturating_sub(wall_ns())).unwrap_or(0));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => break,
             _ = until(deadline) => break,
         }
-        if let Some(prev) = last_idx {
-            let missed = idx.saturating_sub(prev + 1);
-            if missed > 0 {
-                stats.missed_ticks += u64::try_from(missed).unwrap_or(u64::MAX);
-                if last_overrun_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(
-                        missed = stats.missed_ticks,
-                        "publishing a tick took longer than the interval: boundaries were skipped"
-                    );
-                    last_overrun_log = Some(Instant::now());
-                }
-            }
-        }
-        last_idx = Some(idx);
-        let ts_ms = i64::try_from(at_ns / 1_000_000).unwrap_or(i64::MAX);
-        let t = fleet.tick(u64::try_from(idx).unwrap_or(u64::MAX), ts_ms);
-        let began = Instant::now();
-        publish_tick(
-            client,
-            &mut chunks,
-            t,
-            latest,
-            &mut stats,
-            &mut logged_error,
-        )
-        .await?;
-        stats.ticks += 1;
+        let late_ms = u64::try_from(wall_ns().saturating_sub(at_ns) / 1_000_000).unwrap_or(0);
+        let publishing = Instant::now();
+        publish_batch(client, batch, latest, &mut stats, &mut logged_error).await;
         match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "flush failed"),
             Err(_) => tracing::warn!("flush timed out"),
         }
+        stats.ticks += 1;
         tracing::debug!(
             tick = t.tick,
-            took_ms = began.elapsed().as_millis() as u64,
+            encode_ms,
+            late_ms,
+            publish_ms = publishing.elapsed().as_millis() as u64,
             published = stats.published,
             "tick published"
         );
+        let want = idx + 1;
+        let next = next_boundary(wall_ns(), step_ns).0;
+        if next > want {
+            stats.missed_ticks += u64::try_from(next - want).unwrap_or(u64::MAX);
+            if last_overrun_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(
+                    missed = stats.missed_ticks,
+                    encode_ms,
+                    "making and publishing a tick took longer than the interval: boundaries were skipped"
+                );
+                last_overrun_log = Some(Instant::now());
+            }
+        }
+        idx = next.max(want);
     }
     Ok(stats)
 }
@@ -347,71 +362,50 @@ struct Produced {
     out: Option<Result<Outgoing, WireError>>,
 }
 
-/// Updates and encodes the chunks one after the other on the blocking pool, publishing each
-/// chunk's reports while the next one is encoded.
-async fn publish_tick(
+/// Publishes one tick's reports (core NATS, with the `Nats-Msg-Id` header like the agent's) and
+/// remembers them for report requests; silent nodes are forgotten.
+async fn publish_batch(
     client: &Client,
-    chunks: &mut Vec<Vec<SimNode>>,
-    t: Tick,
+    batch: Vec<Produced>,
     latest: &Latest,
     stats: &mut Stats,
     logged_error: &mut bool,
-) -> anyhow::Result<()> {
-    let encode = move |mut chunk: Vec<SimNode>| {
-        tokio::task::spawn_blocking(move || {
-            let out: Vec<Produced> = chunk
-                .iter_mut()
-                .map(|n| Produced {
-                    node: n.index,
-                    out: n.frame(&t),
-                })
-                .collect();
-            (chunk, out)
-        })
-    };
-    let mut todo = std::mem::take(chunks).into_iter();
-    let mut pending = todo.next().map(encode);
-    while let Some(job) = pending.take() {
-        let (chunk, produced) = job.await.context("the report generator panicked")?;
-        pending = todo.next().map(encode);
-        chunks.push(chunk);
-        let mut updates: Vec<(usize, Option<Outgoing>)> = Vec::with_capacity(produced.len());
-        for p in produced {
-            match p.out {
-                None => updates.push((p.node, None)),
-                Some(Err(e)) => {
-                    stats.errors += 1;
-                    if !std::mem::replace(logged_error, true) {
-                        tracing::error!(error = %e, "cannot encode a report (further errors are only counted)");
-                    }
+) {
+    let mut updates: Vec<(usize, Option<Outgoing>)> = Vec::with_capacity(batch.len());
+    for p in batch {
+        match p.out {
+            None => updates.push((p.node, None)),
+            Some(Err(e)) => {
+                stats.errors += 1;
+                if !std::mem::replace(logged_error, true) {
+                    tracing::error!(error = %e, "cannot encode a report (further errors are only counted)");
                 }
-                Some(Ok(o)) => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
-                    let len = o.payload.len() as u64;
-                    let subject = Subject::from(o.subject.as_str());
-                    match client
-                        .publish_with_headers(subject, headers, o.payload.clone())
-                        .await
-                    {
-                        Ok(()) => {
-                            stats.published += 1;
-                            stats.bytes += len;
-                            updates.push((p.node, Some(o)));
-                        }
-                        Err(e) => {
-                            stats.errors += 1;
-                            if !std::mem::replace(logged_error, true) {
-                                tracing::error!(error = %e, "publish failed (further errors are only counted)");
-                            }
+            }
+            Some(Ok(o)) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
+                let len = o.payload.len() as u64;
+                let subject = Subject::from(o.subject.as_str());
+                match client
+                    .publish_with_headers(subject, headers, o.payload.clone())
+                    .await
+                {
+                    Ok(()) => {
+                        stats.published += 1;
+                        stats.bytes += len;
+                        updates.push((p.node, Some(o)));
+                    }
+                    Err(e) => {
+                        stats.errors += 1;
+                        if !std::mem::replace(logged_error, true) {
+                            tracing::error!(error = %e, "publish failed (further errors are only counted)");
                         }
                     }
                 }
             }
         }
-        latest.set(updates);
     }
-    Ok(())
+    latest.set(updates);
 }
 
 /// Each node's last published report, exactly as sent, for report requests.
