@@ -10,22 +10,17 @@ use gridmon_nats::identity::TokenError;
 use gridmon_nats::publish::Outgoing;
 use gridmon_nats::wire::{
     AgentStats, CpuMetrics, DiskMetrics, FsMetrics, HostMetrics, Kind, MemoryMetrics, NetMetrics,
-    NodeReport, ProcessTable, ProgramState, ProgramStatus, SensorKind, SensorReading, SensorSource,
-    Source, WireError,
+    NodeReport, ProcessTable, ProgramState, ProgramStatus, Source, WireError,
 };
 use gridmon_nats::{NodeId, Subjects};
 
 use super::procs::ProcSim;
 use super::rng::Rng;
+use super::sensors::SensorSim;
 
 const GIB: u64 = 1 << 30;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The limits of the simulated sensors (what the fault flags push them across).
-pub const CORE_TEMP_MAX: f64 = 80.0;
-pub const CORE_TEMP_CRIT: f64 = 100.0;
-pub const CPU_FAN_MIN: f64 = 600.0;
-pub const CHASSIS_FAN_MIN: f64 = 300.0;
 /// The program `--crash` crashes.
 pub const CRASHING_PROGRAM: &str = "worker-1";
 
@@ -77,7 +72,7 @@ impl Spec {
         if self.interval < Duration::from_millis(1) {
             return Err("--rate must be at most 1000 reports per second".into());
         }
-        if self.interval > Duration::from_secs(86_400) {
+        if self.interval > Duration::from_secs(86_401) {
             return Err("--rate must be at least one report a day".into());
         }
         let f = self.faults;
@@ -271,21 +266,7 @@ struct Params {
     net_mibps: f64,
     tx_ratio: f64,
     lo_kibps: f64,
-    temp_offsets: Vec<f64>,
-    v12_offset: f64,
-    v5_offset: f64,
     boot_ms: i64,
-}
-
-/// Where each sensor sits in `report.sensors`.
-#[derive(Debug, Clone, Copy)]
-struct SensorSlots {
-    core_temps: usize,
-    nvme: usize,
-    cpu_fan: usize,
-    chassis_fan: usize,
-    v12: usize,
-    v5: usize,
 }
 
 /// One simulated node: its kept report and what moves it.
@@ -302,7 +283,7 @@ pub struct SimNode {
     /// Load averages (1, 5, 15 min); set from the first sample's CPU level.
     load: Option<[f64; 3]>,
     core_offsets: Vec<f64>,
-    slots: SensorSlots,
+    sensors: SensorSim,
     procs: ProcSim,
     /// The process table while a report goes without it.
     spare_table: Option<ProcessTable>,
@@ -326,7 +307,6 @@ impl SimNode {
         let mut rng = Rng::derive(spec.seed, index as u64);
         let cores = *rng.pick(&[4u32, 8, 8, 16, 16, 24, 32, 48, 64]);
         let uptime_ms = (3_600_000.0 * rng.range(1.0, 24.0 * 90.0)) as i64;
-        let n_temps = 2 + rng.below(3) as usize;
         let base_cpu = rng.range(5.0, 60.0);
         let p = Params {
             cores,
@@ -347,9 +327,6 @@ impl SimNode {
             net_mibps: rng.range(0.5, 60.0),
             tx_ratio: rng.range(0.2, 1.5),
             lo_kibps: rng.range(5.0, 300.0),
-            temp_offsets: (0..n_temps).map(|_| rng.range(0.0, 4.0)).collect(),
-            v12_offset: rng.range(-0.15, 0.15),
-            v5_offset: rng.range(-0.06, 0.06),
             boot_ms: start_ms - uptime_ms,
         };
         let mem_total = *rng.pick(&[16u64, 32, 32, 64, 64, 128]) * GIB;
@@ -376,7 +353,7 @@ impl SimNode {
                 version: Some("2.3.1".into()),
             })
             .collect();
-        let (sensors, slots) = sensors(n_temps);
+        let (sensor_sim, sensors) = SensorSim::new(&mut rng);
         let host = HostMetrics {
             uptime_s: 0.0,
             cpu: CpuMetrics {
@@ -437,7 +414,7 @@ impl SimNode {
             p,
             load: None,
             core_offsets,
-            slots,
+            sensors: sensor_sim,
             procs,
             spare_table: Some(table),
             report: NodeReport {
@@ -479,13 +456,12 @@ impl SimNode {
             return None;
         }
         self.update(t);
-        let framed = self.framer.frame(
+        Some(self.framer.frame(
             Kind::NodeReport,
             self.subject.clone(),
             t.ts_ms,
             &self.report,
-        );
-        Some(framed)
+        ))
     }
 
     fn update(&mut self, t: &Tick) {
@@ -516,10 +492,8 @@ impl SimNode {
             update_filesystems(&mut host.filesystems, p, secs);
             update_nets(&mut host.nets, p, rng, cpu, dt);
         }
-        update_sensors(
+        self.sensors.update(
             &mut self.report.sensors,
-            self.slots,
-            p,
             rng,
             cpu,
             disk_busy,
@@ -705,126 +679,4 @@ fn update_nets(nets: &mut [NetMetrics], p: &Params, rng: &mut Rng, cpu: f64, dt:
             0.0
         };
     }
-}
-
-/// The sensors of a typical server: `n_temps` coretemp inputs, an NVMe drive, two fans, two
-/// voltages.
-fn sensors(n_temps: usize) -> (Vec<SensorReading>, SensorSlots) {
-    let reading = |chip: &str, input: &str, label: &str, kind: SensorKind| SensorReading {
-        id: format!("{chip}/{input}"),
-        chip: chip.into(),
-        label: label.into(),
-        kind,
-        source: SensorSource::Hwmon,
-        ..Default::default()
-    };
-    let mut v = Vec::with_capacity(n_temps + 5);
-    for i in 0..n_temps {
-        let label = if i == 0 {
-            "Package id 0".to_string()
-        } else {
-            format!("Core {}", i - 1)
-        };
-        v.push(SensorReading {
-            max: Some(CORE_TEMP_MAX),
-            crit: Some(CORE_TEMP_CRIT),
-            ..reading(
-                "coretemp.0",
-                &format!("temp{}", i + 1),
-                &label,
-                SensorKind::Temperature,
-            )
-        });
-    }
-    let nvme = v.len();
-    v.push(SensorReading {
-        min: Some(-273.15),
-        max: Some(81.85),
-        crit: Some(84.85),
-        ..reading("nvme0", "temp1", "Composite", SensorKind::Temperature)
-    });
-    let cpu_fan = v.len();
-    v.push(SensorReading {
-        min: Some(CPU_FAN_MIN),
-        ..reading("nct6775.656", "fan1", "CPU Fan", SensorKind::Fan)
-    });
-    let chassis_fan = v.len();
-    v.push(SensorReading {
-        min: Some(CHASSIS_FAN_MIN),
-        ..reading("nct6775.656", "fan2", "Chassis Fan 1", SensorKind::Fan)
-    });
-    let v12 = v.len();
-    v.push(SensorReading {
-        min: Some(11.4),
-        max: Some(12.6),
-        ..reading("nct6775.656", "in1", "+12V", SensorKind::Voltage)
-    });
-    let v5 = v.len();
-    v.push(SensorReading {
-        min: Some(4.75),
-        max: Some(5.25),
-        ..reading("nct6775.656", "in2", "+5V", SensorKind::Voltage)
-    });
-    let slots = SensorSlots {
-        core_temps: n_temps,
-        nvme,
-        cpu_fan,
-        chassis_fan,
-        v12,
-        v5,
-    };
-    (v, slots)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn update_sensors(
-    s: &mut [SensorReading],
-    slots: SensorSlots,
-    p: &Params,
-    rng: &mut Rng,
-    cpu: f64,
-    disk_busy: f64,
-    overheat: bool,
-    fan_stop: bool,
-) {
-    let mut set = |i: usize, v: f64| {
-        if let Some(r) = s.get_mut(i) {
-            r.value = v;
-            r.alarm = beyond_limits(r);
-        }
-    };
-    for i in 0..slots.core_temps {
-        let off = p.temp_offsets.get(i).copied().unwrap_or(0.0);
-        let v = if overheat && i == 0 {
-            CORE_TEMP_CRIT + rng.range(0.0, 4.0)
-        } else {
-            (30.0 + 0.4 * cpu + off + rng.noise()).clamp(20.0, CORE_TEMP_MAX - 2.0)
-        };
-        set(i, v.round());
-    }
-    let nvme = 32.85 + 0.1 * cpu + 0.08 * disk_busy + 0.5 * rng.noise();
-    set(slots.nvme, (nvme * 10.0).round() / 10.0);
-    let cpu_fan = if fan_stop {
-        0.0
-    } else {
-        (900.0 + 11.0 * cpu + 25.0 * rng.noise()).round()
-    };
-    set(slots.cpu_fan, cpu_fan);
-    set(
-        slots.chassis_fan,
-        (650.0 + 3.0 * cpu + 15.0 * rng.noise()).round(),
-    );
-    let v12 = 12.0 + p.v12_offset + 0.024 * rng.noise();
-    set(slots.v12, (v12 * 1000.0).round() / 1000.0);
-    let v5 = 5.0 + p.v5_offset + 0.012 * rng.noise();
-    set(slots.v5, (v5 * 1000.0).round() / 1000.0);
-}
-
-/// What a chip's alarm flag would say: beyond min, max or crit, or a fan standing that should spin.
-fn beyond_limits(r: &SensorReading) -> bool {
-    let v = r.value;
-    r.min.is_some_and(|m| v < m)
-        || r.max.is_some_and(|m| v > m)
-        || r.crit.is_some_and(|c| v >= c)
-        || (r.kind == SensorKind::Fan && v == 0.0 && r.min.is_some_and(|m| m > 0.0))
 }

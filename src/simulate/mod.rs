@@ -10,6 +10,7 @@
 mod fleet;
 mod procs;
 mod rng;
+mod sensors;
 #[cfg(test)]
 mod tests;
 
@@ -34,28 +35,30 @@ use fleet::{FaultCounts, Fleet, Group, Spec};
 
 /// How long the end-of-tick flush may take before the tick is left to finish on its own.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the flush at exit may take (the agent's spool drains for as long).
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     #[command(flatten)]
     pub common: Common,
     /// Simulated nodes, named n0001, n0002, … (unique across the fleet).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub nodes: u32,
     /// Clusters, named c01, c02, …
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub clusters: u32,
     /// Groups per cluster, named g01, g02, …; nodes are spread round-robin over all groups.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub groups: u32,
     /// Rows in each process table.
     #[arg(long, default_value_t = 50)]
     pub processes: u32,
     /// Include the process table in every K-th report.
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub process_every: u32,
     /// Reports per node per second (0.2 = one every 5 s), on wall-clock boundaries of 1/rate.
-    #[arg(long, value_name = "HZ", default_value_t = 1.0)]
+    #[arg(long, value_name = "HZ", default_value_t = 1.0, value_parser = parse_rate)]
     pub rate: f64,
     /// Stop after this long (e.g. `30s`, `5m`); default: until SIGINT/SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -89,18 +92,22 @@ pub struct SimulateArgs {
     pub json_stats: bool,
 }
 
+/// Reports per second: from one a day to 1000 a second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(1.0 / 86_400.0..=1000.0).contains(&rate) {
+        return Err(format!(
+            "{text}: must be between 1/86400 (one a day) and 1000 reports per second"
+        ));
+    }
+    Ok(rate)
+}
+
 impl SimulateArgs {
     /// The validated simulation spec.
     fn spec(&self) -> Result<Spec, String> {
-        if !(self.rate.is_finite() && self.rate > 0.0) {
-            return Err(format!("--rate {}: must be a positive number", self.rate));
-        }
-        if !(0.00001..=1000.0).contains(&self.rate) {
-            return Err(format!(
-                "--rate {}: must be between 1 a day and 1000 per second",
-                self.rate
-            ));
-        }
         let spec = Spec {
             nodes: self.nodes,
             clusters: self.clusters,
@@ -166,7 +173,11 @@ pub async fn run(
         "simulating a fleet"
     );
     if !faulty.is_empty() {
-        tracing::info!(after = ?spec.fault_after, plan = %faulty, "faults planned");
+        tracing::info!(
+            after = %humantime::format_duration(spec.fault_after),
+            plan = %faulty,
+            "faults planned"
+        );
     }
 
     let latest = Latest::new(fleet.nodes.len());
@@ -189,12 +200,16 @@ pub async fn run(
 
     let started = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let stats = publish_loop(&client, fleet, &spec, &latest, &shutdown, deadline).await;
+    let mut publishers = vec![client.clone()];
+    for _ in 1..publish_connections(spec.nodes) {
+        publishers.push(connect(&config.nats, "gridmon-simulate").await?);
+    }
+    let stats = publish_loop(&publishers, fleet, &spec, &latest, &shutdown, deadline).await;
     stop.cancel();
     tracker.wait().await;
     let replies = responder.await.unwrap_or(0);
     let stats = Stats { replies, ..stats? };
-    if tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, flush_all(&publishers))
         .await
         .is_err()
     {
@@ -267,7 +282,7 @@ fn wall_ns() -> u128 {
 /// the boundary, as a real fleet's reports do, instead of trickling out while encoding runs
 /// (aggregators close a window a short grace after its end).
 async fn publish_loop(
-    client: &Client,
+    clients: &[Client],
     fleet: Fleet,
     spec: &Spec,
     latest: &Latest,
@@ -315,11 +330,21 @@ async fn publish_loop(
         }
         let late_ms = u64::try_from(wall_ns().saturating_sub(at_ns) / 1_000_000).unwrap_or(0);
         let publishing = Instant::now();
-        publish_batch(client, batch, latest, &mut stats, &mut logged_error).await;
-        match tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "flush failed"),
-            Err(_) => tracing::warn!("flush timed out"),
+        // Publishing waits when the bus is away (the client's queue is full): stay stoppable. The
+        // deadline does not cut a tick short unless the tick is stuck.
+        let publish = async {
+            publish_batch(clients, batch, latest, &mut stats, &mut logged_error).await;
+            if tokio::time::timeout(FLUSH_TIMEOUT, flush_all(clients))
+                .await
+                .is_err()
+            {
+                tracing::warn!("flush timed out");
+            }
+        };
+        tokio::select! {
+            _ = publish => {}
+            _ = shutdown.cancelled() => break,
+            _ = until(deadline.map(|d| d + FLUSH_TIMEOUT)) => break,
         }
         stats.ticks += 1;
         tracing::debug!(
@@ -348,6 +373,23 @@ async fn publish_loop(
     Ok(stats)
 }
 
+/// Flushes every connection at once; failures are left to the reconnect logic.
+async fn flush_all(clients: &[Client]) {
+    let flushes = clients.iter().map(|c| c.flush());
+    for r in futures::future::join_all(flushes).await {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "flush failed");
+        }
+    }
+}
+
+/// Connections the reports are spread over. A real fleet publishes over one connection per
+/// node and the server reads them in parallel; one connection for the whole simulated fleet
+/// would serialise the server's work and stretch the boundary burst.
+fn publish_connections(nodes: u32) -> usize {
+    (nodes as usize).div_ceil(250).clamp(1, 4)
+}
+
 async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -365,7 +407,7 @@ struct Produced {
 /// Publishes one tick's reports (core NATS, with the `Nats-Msg-Id` header like the agent's) and
 /// remembers them for report requests; silent nodes are forgotten.
 async fn publish_batch(
-    client: &Client,
+    clients: &[Client],
     batch: Vec<Produced>,
     latest: &Latest,
     stats: &mut Stats,
@@ -386,6 +428,9 @@ async fn publish_batch(
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
                 let len = o.payload.len() as u64;
                 let subject = Subject::from(o.subject.as_str());
+                let Some(client) = clients.get(p.node % clients.len().max(1)) else {
+                    continue;
+                };
                 match client
                     .publish_with_headers(subject, headers, o.payload.clone())
                     .await
@@ -459,10 +504,6 @@ async fn subscribe_requests(
             .with_context(|| format!("cannot subscribe to {subject}"))?;
         all.push(sub.map(move |m| (gi, m)).boxed());
     }
-    client
-        .flush()
-        .await
-        .context("cannot register the subscriptions")?;
     Ok(all)
 }
 

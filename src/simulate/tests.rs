@@ -6,10 +6,9 @@ use clap::Parser;
 use gridmon_nats::wire::{self, Envelope, Kind, NodeReport, ProgramState, SensorKind};
 use gridmon_nats::Subjects;
 
-use super::fleet::{
-    fault_order, place, FaultCounts, Fleet, Spec, CHASSIS_FAN_MIN, CORE_TEMP_CRIT, CPU_FAN_MIN,
-};
-use super::{next_boundary, Latest, SimulateArgs};
+use super::fleet::{fault_order, place, FaultCounts, Fleet, Spec};
+use super::sensors::{CHASSIS_FAN_MIN, CORE_TEMP_CRIT, CPU_FAN_MIN};
+use super::{fault_plan, next_boundary, publish_connections, Latest, SimulateArgs};
 
 /// Fault start in the fault tests: 10 s after a start at `START_MS`.
 const START_MS: i64 = 1_700_000_000_000;
@@ -485,6 +484,12 @@ fn flags_and_defaults() {
     )
     .unwrap();
     assert_eq!(s.interval, Duration::from_secs(5));
+    let daily = parse("sim --rate 0.0000115741").unwrap().interval.as_secs();
+    assert!((86_399..=86_400).contains(&daily), "{daily}");
+    assert_eq!(
+        parse("sim --rate 1000").unwrap().interval,
+        Duration::from_millis(1)
+    );
     assert_eq!(s.fault_after, Duration::from_secs(60));
     assert_eq!(
         s.faults,
@@ -505,7 +510,36 @@ fn flags_and_defaults() {
         "sim --process-every 0",
         "sim --nodes 4 --silent 5",
         "sim --programs 0 --crash 1",
+        "sim --rate 1001",
+        "sim --rate 0.00001",
+        "sim --clusters 0",
     ] {
         assert!(parse(bad).is_err(), "{bad} accepted");
     }
+}
+
+#[test]
+fn the_fault_plan_names_the_nodes() {
+    let f = fleet(&Spec {
+        faults: FaultCounts {
+            silent: 1,
+            crash: 2,
+            ..Default::default()
+        },
+        ..spec()
+    });
+    assert_eq!(
+        fault_plan(&f),
+        "silent: c01/g02/n0002; crash: c01/g02/n0002, c01/g02/n0004"
+    );
+    assert_eq!(fault_plan(&fleet(&spec())), "");
+}
+
+#[test]
+fn publish_connections_grow_with_the_fleet() {
+    assert_eq!(publish_connections(1), 1);
+    assert_eq!(publish_connections(250), 1);
+    assert_eq!(publish_connections(251), 2);
+    assert_eq!(publish_connections(1000), 4);
+    assert_eq!(publish_connections(100_000), 4);
 }
