@@ -236,7 +236,7 @@ impl GroupFold {
                 }
                 r.sums.merge(&s.sums);
                 if let Some(ps) = &s.process_states {
-                    add_states(&mut r.process_states, ps);
+                    r.process_states.merge(ps);
                 }
                 r.programs.merge(&s.programs);
                 r.faults.merge(&s.faults);
@@ -305,19 +305,6 @@ fn alarm_scope(cluster: &str, group: &str, id: &str) -> Scope {
             group: group.into(),
         },
     }
-}
-
-pub(crate) fn add_states(
-    into: &mut gridmon_nats::wire::StateCounts,
-    s: &gridmon_nats::wire::StateCounts,
-) {
-    into.running = into.running.saturating_add(s.running);
-    into.waiting = into.waiting.saturating_add(s.waiting);
-    into.busy = into.busy.saturating_add(s.busy);
-    into.stopped = into.stopped.saturating_add(s.stopped);
-    into.zombie = into.zombie.saturating_add(s.zombie);
-    into.dead = into.dead.saturating_add(s.dead);
-    into.unknown = into.unknown.saturating_add(s.unknown);
 }
 
 fn node_line(m: &crate::window::Member<NodeSample>, status: MemberStatus) -> MemberLine {

@@ -11,7 +11,6 @@ use gridmon_nats::wire::{
 use gridmon_nats::Scope;
 
 use crate::alarm::{AlarmBook, At, RuleSet};
-use crate::group::add_states;
 use crate::summary::Merge;
 use crate::window::{offer, take, window_containing, Clock, Members, Offered, Params};
 use crate::{alarm_summary, Output};
@@ -155,7 +154,7 @@ impl UpperFold {
                     }
                 }
                 r.sums.merge(&last.sums);
-                add_states(&mut r.process_states, &last.process_states);
+                r.process_states.merge(&last.process_states);
                 r.programs.merge(&last.programs);
                 r.faults.merge(&last.faults);
                 below.active = below.active.saturating_add(last.alarms.active);

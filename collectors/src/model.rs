@@ -224,6 +224,17 @@ impl StateCounts {
         };
         *slot += 1;
     }
+
+    /// Adds another table's counts (a rollup sums its nodes').
+    pub fn merge(&mut self, o: &Self) {
+        self.running = self.running.saturating_add(o.running);
+        self.waiting = self.waiting.saturating_add(o.waiting);
+        self.busy = self.busy.saturating_add(o.busy);
+        self.stopped = self.stopped.saturating_add(o.stopped);
+        self.zombie = self.zombie.saturating_add(o.zombie);
+        self.dead = self.dead.saturating_add(o.dead);
+        self.unknown = self.unknown.saturating_add(o.unknown);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
