@@ -18,6 +18,9 @@ This file owns:
     concurrent requests run concurrently and never see each other's `database`/settings;
   * clean shutdown on SIGTERM/SIGINT: stop accepting, finish in-flight requests, close.
 
+BACKUP and RESTORE work with `File('<path>')` under the `--backups` directory (the server's
+`backups.allowed_path`).
+
 Not supported (answered with a ClickHouse-style error, or ignored): compressed responses (`compress=1`; responses are never compressed,
 which ClickHouse also does unless `enable_http_compression=1`), sessions (`session_id` is
 ignored; a `SET`/`USE` request does not outlive its request, as without a session),
@@ -765,6 +768,9 @@ def main() -> int:
     parser.add_argument("--stop-on-stdin-eof", action="store_true",
                         help="also stop when stdin closes: a test harness holds the pipe, so the "
                              "front goes away with the test process even if that is killed")
+    parser.add_argument("--backups", metavar="DIR",
+                        help="allow BACKUP/RESTORE with File('<path under DIR>') (the server's "
+                             "backups.allowed_path; default <data>/backups)")
     parser.add_argument("--remove-data-on-exit", action="store_true",
                         help="delete --data after stopping (throwaway engines of test processes)")
     args = parser.parse_args()
@@ -788,8 +794,12 @@ def main() -> int:
 
     started = time.monotonic()
     os.makedirs(args.data, exist_ok=True)
+    backups = os.path.abspath(args.backups or os.path.join(args.data, "backups"))
+    os.makedirs(backups, exist_ok=True)
     try:
-        engine = Engine(os.path.abspath(args.data), args.max_connections)
+        # The first connection of the process fixes the engine's server settings.
+        engine = Engine(os.path.abspath(args.data) + "?backups.allowed_path=" + urllib.parse.quote(backups, safe="/"),
+                        args.max_connections)
     except ImportError as exc:
         log.error("cannot import chdb (%s); install it with scripts/setup", exc)
         return 2
@@ -807,8 +817,8 @@ def main() -> int:
     port = server.server_address[1]
     serving = threading.Thread(target=server.serve_forever, args=(0.1,), name="accept", daemon=True)
     serving.start()
-    log.info("ClickHouse %s (chDB) on http://%s:%d, data in %s, ready in %.2fs",
-             engine.version, args.host, port, args.data, time.monotonic() - started)
+    log.info("ClickHouse %s (chDB) on http://%s:%d, data in %s, backups under %s, ready in %.2fs",
+             engine.version, args.host, port, args.data, backups, time.monotonic() - started)
     print(f"READY {port}", flush=True)
 
     while not stop.wait(3600):

@@ -174,7 +174,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!("agent stopping: flushing the spool");
     tracker.close();
     tracker.wait().await;
-    client.flush().await.ok();
+    // With the server gone a flush would wait for a reconnect that never comes.
+    tokio::time::timeout(Duration::from_secs(2), client.flush())
+        .await
+        .ok();
     Ok(())
 }
 

@@ -201,9 +201,16 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
     agg.start_explicit_scopes(started_ms).await;
 
     loop {
-        let wait = agg.next_close_ms().map(|t| t - now_ms());
-        let sleep = tokio::time::sleep(Duration::from_millis(
-            u64::try_from(wait.unwrap_or(1000).max(0)).unwrap_or(0),
+        // Wake at the close to the microsecond: a whole-ms sleep from a whole-ms clock would
+        // add up to 2 ms to every rollup.
+        let wait_us = agg.next_close_ms().map_or(1_000_000, |t| {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            (i128::from(t) * 1000 - i128::try_from(now_us).unwrap_or(i128::MAX)).max(0)
+        });
+        let sleep = tokio::time::sleep(Duration::from_micros(
+            u64::try_from(wait_us).unwrap_or(u64::MAX),
         ));
         tokio::select! {
             biased;
@@ -222,7 +229,10 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
     tracing::info!("aggregator stopping");
     tracker.close();
     tracker.wait().await;
-    client.flush().await.ok();
+    // With the server gone a flush would wait for a reconnect that never comes.
+    tokio::time::timeout(Duration::from_secs(2), client.flush())
+        .await
+        .ok();
     Ok(())
 }
 
@@ -557,20 +567,38 @@ impl Aggregator {
         }
     }
 
+    /// Closes what is due, handing each scope's rollup to the publisher as soon as it is made:
+    /// with many groups in one process, the first is on the bus before the last is folded.
     fn close_due(&mut self, now: i64) {
         let mut out = std::mem::take(&mut self.out);
-        for f in self.groups.values_mut() {
-            f.close_due(now, &mut out);
+        let groups: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, f)| f.next_close_ms() <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in groups {
+            if let Some(f) = self.groups.get_mut(&k) {
+                f.close_due(now, &mut out);
+                self.emit(&mut out);
+            }
         }
-        for f in self.clusters.values_mut() {
-            f.close_due(now, &mut out);
+        let clusters: Vec<_> = self
+            .clusters
+            .iter()
+            .filter(|(_, f)| f.next_close_ms() <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in clusters {
+            if let Some(f) = self.clusters.get_mut(&k) {
+                f.close_due(now, &mut out);
+                self.emit(&mut out);
+            }
         }
         if let Some(f) = &mut self.grid {
             f.close_due(now, &mut out);
         }
-        if !out.is_empty() {
-            self.emit(&mut out);
-        }
+        self.emit(&mut out);
         self.out = out;
     }
 

@@ -3,6 +3,7 @@
 mod agent;
 mod aggregate;
 mod demo;
+mod ingest;
 mod simulate;
 mod watch;
 
@@ -36,6 +37,8 @@ enum Command {
     Aggregate(AggregateArgs),
     /// Publish realistic reports for a simulated fleet, with injected faults.
     Simulate(simulate::SimulateArgs),
+    /// Write everything on the bus into ClickHouse (JetStream stream, durable consumer).
+    Ingest(IngestArgs),
     /// Print the messages on the bus, decoded.
     Watch(WatchArgs),
     /// Start a local nats-server and an agent, and show their reports live.
@@ -104,6 +107,18 @@ struct AggregateArgs {
 }
 
 #[derive(Debug, Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Apply the schema migrations and the retention settings, then exit.
+    #[arg(long)]
+    migrate_only: bool,
+    /// Take one backup to `ingest.backup.destination` now, then exit.
+    #[arg(long, conflicts_with = "migrate_only")]
+    backup_now: bool,
+}
+
+#[derive(Debug, Args)]
 struct DemoArgs {
     #[command(flatten)]
     common: Common,
@@ -153,6 +168,7 @@ fn main() -> ExitCode {
         Command::Agent(c) => c,
         Command::Aggregate(a) => &a.common,
         Command::Simulate(s) => &s.common,
+        Command::Ingest(i) => &i.common,
         Command::Watch(w) => &w.common,
         Command::Demo(d) => &d.common,
     };
@@ -179,10 +195,18 @@ fn main() -> ExitCode {
             }
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The ingest encodes rows beside its pipeline; everything else is light on one thread.
+    let runtime = if matches!(cli.command, Command::Ingest(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gridmon: cannot start the async runtime: {e}");
@@ -197,6 +221,13 @@ fn main() -> ExitCode {
                 None => Ok(()),
             },
             Command::Simulate(s) => simulate::run(config, s, shutdown_on_signal()).await,
+            Command::Ingest(i) => {
+                let mode = ingest::Mode {
+                    migrate_only: i.migrate_only,
+                    backup_now: i.backup_now,
+                };
+                ingest::run(config, mode, shutdown_on_signal()).await
+            }
             Command::Watch(w) => {
                 watch::run(config, w.json, w.count, w.subject, shutdown_on_signal()).await
             }

@@ -4,7 +4,7 @@
 //!
 //! The levels: a [`group::GroupFold`] takes node reports and closes each wall-clock window one
 //! `grace` after it ends; an [`upper::UpperFold`] takes the rollups of the level below and closes
-//! one more `grace` later, merging their sketches so quantiles stay right all the way up.
+//! `rollup_grace` later, merging their sketches so quantiles stay right all the way up.
 
 pub mod alarm;
 pub mod group;

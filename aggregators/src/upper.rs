@@ -30,12 +30,12 @@ pub struct UpperFold {
 }
 
 impl UpperFold {
-    /// A cluster fold; it closes a window one grace after its groups do.
+    /// A cluster fold; it closes a window `rollup_grace` after its groups do.
     pub fn cluster(cluster: &str, params: Params, rules: Arc<RuleSet>, now_ms: i64) -> Self {
         Self::new(Some(cluster.into()), Level::Cluster, params, rules, now_ms)
     }
 
-    /// The grid fold; it closes a window one grace after the clusters do.
+    /// The grid fold; it closes a window `rollup_grace` after the clusters do.
     pub fn grid(params: Params, rules: Arc<RuleSet>, now_ms: i64) -> Self {
         Self::new(None, Level::Grid, params, rules, now_ms)
     }
@@ -47,11 +47,12 @@ impl UpperFold {
         rules: Arc<RuleSet>,
         now_ms: i64,
     ) -> Self {
-        let levels_below = if level == Level::Grid { 3 } else { 2 };
+        let levels_between = if level == Level::Grid { 2 } else { 1 };
+        let close_after = params.grace_ms + params.rollup_grace_ms * levels_between;
         Self {
             cluster,
             level,
-            clock: Clock::new(params.window_ms, params.grace_ms * levels_below, now_ms),
+            clock: Clock::new(params.window_ms, close_after, now_ms),
             params,
             members: Members::default(),
             stats: InputStats::default(),

@@ -16,6 +16,7 @@ use crate::alarm::AlarmBook;
 pub struct Params {
     pub window_ms: i64,
     pub grace_ms: i64,
+    pub rollup_grace_ms: i64,
     pub stale_after: u32,
     pub offline_after: u32,
     pub forget_after_ms: i64,
@@ -30,6 +31,7 @@ impl Params {
         Self {
             window_ms: ms(window).max(1),
             grace_ms: ms(cfg.grace_for(window)),
+            rollup_grace_ms: ms(cfg.rollup_grace_for(window)),
             stale_after: cfg.stale_after,
             offline_after: cfg.offline_after,
             forget_after_ms: ms(cfg.forget_after),

@@ -21,11 +21,13 @@ use gridmon_nats::{Config, NodeId, Scope};
 use proptest::prelude::*;
 
 const W: i64 = 1000;
-const GRACE: i64 = 250;
+const GRACE: i64 = 500;
+/// How much longer each level up waits: `rollup_grace`.
+const RG: i64 = 100;
 /// A window boundary far from the epoch.
 const BASE: i64 = 1_700_000_000_000;
 /// When every fold is made: late enough in window 0 that group, cluster and grid all start with
-/// window 0 open (each lags one more grace).
+/// window 0 open (each lags one more rollup grace).
 const START: i64 = BASE + 900;
 const MEM_TOTAL: u64 = 64 << 30;
 const CORES: usize = 4;
@@ -37,8 +39,8 @@ const CORES: usize = 4;
 fn params() -> Params {
     let p = Params::default();
     assert_eq!(
-        (p.window_ms, p.grace_ms),
-        (W, GRACE),
+        (p.window_ms, p.grace_ms, p.rollup_grace_ms),
+        (W, GRACE, RG),
         "the tests assume 1 s windows"
     );
     assert_eq!((p.stale_after, p.offline_after), (3, 10));
@@ -406,9 +408,9 @@ fn fold_cluster(cluster: &str, data: &[GroupData], rules: &Arc<RuleSet>) -> (Vec
         groups.push(r);
     }
     let mut out = Vec::new();
-    up.close_due(group_close(0) + GRACE - 1, &mut out);
+    up.close_due(group_close(0) + RG - 1, &mut out);
     assert!(out.is_empty());
-    up.close_due(group_close(0) + GRACE, &mut out);
+    up.close_due(group_close(0) + RG, &mut out);
     let c = Closed::of(out);
     let r = c.rollup().clone();
     assert_eq!(
@@ -426,14 +428,14 @@ fn fold_grid(clusters: &[(String, Rollup)], rules: &Arc<RuleSet>) -> Rollup {
     let mut grid = UpperFold::grid(params(), rules.clone(), START);
     for (name, r) in clusters {
         assert_eq!(
-            grid.offer(name, r.clone(), group_close(0) + GRACE + 5),
+            grid.offer(name, r.clone(), group_close(0) + RG + 5),
             Some(Offered::Folded)
         );
     }
     let mut out = Vec::new();
-    grid.close_due(group_close(0) + 2 * GRACE - 1, &mut out);
+    grid.close_due(group_close(0) + 2 * RG - 1, &mut out);
     assert!(out.is_empty());
-    grid.close_due(group_close(0) + 2 * GRACE, &mut out);
+    grid.close_due(group_close(0) + 2 * RG, &mut out);
     let c = Closed::of(out);
     assert_eq!(c.rollups[0].0, Scope::Grid);
     let r = c.rollup().clone();
@@ -1035,7 +1037,7 @@ fn upper_folds_refuse_wrong_levels_and_corrupt_sketches() {
     far.window_start_ms = i64::MIN;
     assert_eq!(up.offer("g2", far, now), None);
     let mut out = Vec::new();
-    up.close_due(group_close(0) + GRACE, &mut out);
+    up.close_due(group_close(0) + RG, &mut out);
     let c = Closed::of(out);
     let r = c.rollup();
     assert_eq!(r.inputs, 3);
@@ -1065,7 +1067,7 @@ fn upper_folds_refuse_wrong_levels_and_corrupt_sketches() {
     assert_eq!(grid.offer("c", groups[0].clone(), now), None);
     assert_eq!(grid.offer("c", r.clone(), now), Some(Offered::Folded));
     let mut out = Vec::new();
-    grid.close_due(group_close(0) + 2 * GRACE, &mut out);
+    grid.close_due(group_close(0) + 2 * RG, &mut out);
     let c = Closed::of(out);
     assert_eq!(c.rollup().input.wrong_kind, 1);
     assert_eq!(c.rollup().metrics["cpu_pct"].count, 8);
@@ -1313,7 +1315,7 @@ fn a_cluster_rule_raises_on_an_offline_node_below() {
         assert_eq!(gr.nodes.offline, offline, "window {k}");
         assert_eq!(up.offer("g", gr, group_close(k) + 5), Some(Offered::Folded));
         let mut out = Vec::new();
-        up.close_due(group_close(k) + GRACE, &mut out);
+        up.close_due(group_close(k) + RG, &mut out);
         let c = Closed::of(out);
         let r = c.rollup();
         assert_eq!(r.window_start_ms, BASE + k * W);
@@ -1347,7 +1349,7 @@ fn a_cluster_rule_raises_on_an_offline_node_below() {
             "offline_in_cluster:c",
             AlarmAction::Raise,
             1.0,
-            group_close(10) + GRACE
+            group_close(10) + RG
         )
     );
 }
@@ -1425,7 +1427,7 @@ fn an_empty_member_summary_does_not_move_min_or_max() {
         assert_eq!(got, Some(Offered::Folded));
     }
     let mut out = Vec::new();
-    up.close_due(group_close(0) + GRACE, &mut out);
+    up.close_due(group_close(0) + RG, &mut out);
     let c = Closed::of(out);
     let s = &c.rollup().metrics["cpu_pct"];
     assert_eq!((s.count, s.min, s.max, s.sum), (1, 20.0, 20.0, 20.0));

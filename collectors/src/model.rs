@@ -136,6 +136,19 @@ pub enum ProcState {
 }
 
 impl ProcState {
+    /// The name on the wire and in ClickHouse.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Waiting => "waiting",
+            Self::Busy => "busy",
+            Self::Stopped => "stopped",
+            Self::Zombie => "zombie",
+            Self::Dead => "dead",
+            Self::Unknown => "unknown",
+        }
+    }
+
     /// Maps the state letter of `/proc/<pid>/stat`.
     pub fn from_linux(c: u8) -> Self {
         match c {
@@ -255,12 +268,36 @@ pub enum SensorKind {
     Unknown,
 }
 
+impl SensorKind {
+    /// The name on the wire and in ClickHouse.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Temperature => "temperature",
+            Self::Voltage => "voltage",
+            Self::Current => "current",
+            Self::Power => "power",
+            Self::Fan => "fan",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SensorSource {
     #[default]
     Hwmon,
     I2c,
+}
+
+impl SensorSource {
+    /// The name on the wire and in ClickHouse.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hwmon => "hwmon",
+            Self::I2c => "i2c",
+        }
+    }
 }
 
 /// One hardware sensor reading, in the unit its kind names.

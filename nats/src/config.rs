@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{hostname_token, validate_token, NodeId, TokenError};
 use crate::subject::Subjects;
 
+mod ingest;
+pub use ingest::*;
+
 /// A secret from config: never printed by `Debug` or `Display`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -200,10 +203,15 @@ pub struct AggregateConfig {
     /// Window length; default `agent.interval`.
     #[serde(with = "humantime_serde")]
     pub interval: Option<Duration>,
-    /// How long after a window ends its inputs are awaited before it closes (each level up waits
-    /// one more `grace`); default a quarter of the interval, at most 250ms.
+    /// How long after a window ends a group waits for its nodes' reports before it closes; default
+    /// half the interval, at most 500ms. It must outlast the burst of reports at each boundary.
     #[serde(with = "humantime_serde")]
     pub grace: Option<Duration>,
+    /// How much longer each level up waits for the rollups of the level below (a cluster closes
+    /// `grace + rollup_grace` after the window ends, the grid `grace + 2 × rollup_grace`);
+    /// default a tenth of the interval, at most 100ms.
+    #[serde(with = "humantime_serde")]
+    pub rollup_grace: Option<Duration>,
     /// Whole intervals without a report after which a node is stale, and offline.
     pub stale_after: u32,
     pub offline_after: u32,
@@ -241,6 +249,7 @@ impl Default for AggregateConfig {
             serve: vec!["*/*".into(), "*".into(), "grid".into()],
             interval: None,
             grace: None,
+            rollup_grace: None,
             stale_after: 3,
             offline_after: 10,
             forget_after: Duration::from_secs(24 * 3600),
@@ -267,7 +276,12 @@ impl AggregateConfig {
 
     pub fn grace_for(&self, window: Duration) -> Duration {
         self.grace
-            .unwrap_or_else(|| (window / 4).min(Duration::from_millis(250)))
+            .unwrap_or_else(|| (window / 2).min(Duration::from_millis(500)))
+    }
+
+    pub fn rollup_grace_for(&self, window: Duration) -> Duration {
+        self.rollup_grace
+            .unwrap_or_else(|| (window / 10).min(Duration::from_millis(100)))
     }
 
     pub fn leader_ttl_for(&self, window: Duration) -> Duration {
@@ -320,6 +334,8 @@ pub struct Config {
     pub agent: AgentConfig,
     pub spool: SpoolConfig,
     pub aggregate: AggregateConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub ingest: IngestConfig,
 }
 
 /// Settings given on the command line; `None` leaves the layer below in force.
@@ -424,6 +440,18 @@ impl Config {
         if let Some(v) = get("GRIDMON_NODE") {
             self.identity.node = v;
         }
+        if let Some(v) = get("CLICKHOUSE_URL") {
+            self.clickhouse.url = v;
+        }
+        if let Some(v) = get("CLICKHOUSE_USER") {
+            self.clickhouse.user = Some(v);
+        }
+        if let Some(v) = get("CLICKHOUSE_PASSWORD") {
+            self.clickhouse.password = Some(Secret(v));
+        }
+        if let Some(v) = get("CLICKHOUSE_DATABASE") {
+            self.clickhouse.database = v;
+        }
         if let Some(v) = get("GRIDMON_INTERVAL") {
             self.agent.interval = humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
                 var: "GRIDMON_INTERVAL".into(),
@@ -468,6 +496,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         Subjects::new(&self.nats.prefix)?;
         self.node_id()?;
+        self.clickhouse.validate()?;
+        self.ingest.validate()?;
         let n = &self.nats;
         if n.servers.is_empty() {
             return Err(invalid("nats.servers", "at least one server URL is needed"));
@@ -594,10 +624,10 @@ impl Config {
         if window < Duration::from_millis(100) {
             return Err(invalid("aggregate.interval", "must be at least 100ms"));
         }
-        if g.grace_for(window) >= window {
+        if g.grace_for(window) + g.rollup_grace_for(window) * 2 >= window {
             return Err(invalid(
                 "aggregate.grace",
-                "must be shorter than the interval",
+                "grace + 2 × rollup_grace must be shorter than the interval",
             ));
         }
         if g.stale_after == 0 || g.offline_after <= g.stale_after {

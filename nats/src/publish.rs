@@ -261,9 +261,35 @@ const JETSTREAM_RECHECK: Duration = Duration::from_secs(30);
 /// In `auto` mode: whether a JetStream stream captures what we publish, asked of the server
 /// rather than probed with a publish (a probe would reach core subscribers twice, and with a
 /// subscriber present and no stream the server sends no "no responders" status, only silence).
+///
+/// Only the first question is waited for; later ones run beside the publishing, which keeps
+/// the last answer meanwhile, so a slow JetStream API never delays a message.
 struct Route {
     auto_js: bool,
+    answered: bool,
     recheck_at: Instant,
+    asking: Option<tokio::task::JoinHandle<Option<Result<String, String>>>>,
+}
+
+/// The stream that captures `subject` and acknowledges what it stores. A `no_ack` stream
+/// (such as the ingest's, which also holds command requests) stores without answering:
+/// publishing to it is core NATS.
+async fn acknowledging_stream(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+) -> Result<String, String> {
+    let name = js
+        .stream_by_subject(subject)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = js.get_stream(&name).await.map_err(|e| e.to_string())?;
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    if info.config.no_ack {
+        return Err(format!(
+            "stream {name} is no_ack: it stores without acknowledging"
+        ));
+    }
+    Ok(name)
 }
 
 impl Route {
@@ -273,23 +299,34 @@ impl Route {
         subject: &str,
         timeout: Duration,
     ) -> bool {
-        if Instant::now() >= self.recheck_at {
+        if self.asking.is_none() && Instant::now() >= self.recheck_at {
             self.recheck_at = Instant::now() + JETSTREAM_RECHECK;
-            match tokio::time::timeout(timeout, js.stream_by_subject(subject)).await {
-                Ok(Ok(stream)) => {
+            let (js, subject) = (js.clone(), subject.to_string());
+            self.asking = Some(tokio::spawn(async move {
+                tokio::time::timeout(timeout, acknowledging_stream(&js, subject))
+                    .await
+                    .ok()
+            }));
+        }
+        let done = self.asking.as_ref().is_some_and(|h| h.is_finished());
+        if let Some(handle) = self.asking.take_if(|_| done || !self.answered) {
+            match handle.await.ok().flatten() {
+                Some(Ok(stream)) => {
                     if !self.auto_js {
                         tracing::info!(%stream, "a JetStream stream captures the subjects: publishing with acknowledgement");
                     }
                     self.auto_js = true;
+                    self.answered = true;
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     if self.auto_js {
                         tracing::info!(error = %e, "no JetStream stream captures the subjects any more: publishing with core NATS");
                     }
                     self.auto_js = false;
+                    self.answered = true;
                 }
                 // Unanswered: keep the last answer and ask again soon.
-                Err(_) => self.recheck_at = Instant::now() + Duration::from_secs(1),
+                None => self.recheck_at = Instant::now() + Duration::from_secs(1),
             }
         }
         self.auto_js
@@ -340,7 +377,9 @@ impl Publisher {
             .build(self.client.clone());
         let mut route = Route {
             auto_js: false,
+            answered: false,
             recheck_at: Instant::now(),
+            asking: None,
         };
         let mut failures = 0usize;
         let mut deadline: Option<Instant> = None;

@@ -146,6 +146,22 @@ pub enum ProgramState {
     Unknown,
 }
 
+impl ProgramState {
+    /// The name on the wire and in ClickHouse.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Degraded => "degraded",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Crashed => "crashed",
+            Self::Error => "error",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// One supervised program in a node report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -576,6 +592,15 @@ pub enum AlarmAction {
     Clear,
 }
 
+impl AlarmAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Raise => "raise",
+            Self::Clear => "clear",
+        }
+    }
+}
+
 /// An alarm raised or cleared, on `<p>.alarm.<cluster>[.<group>[.<node>]]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -613,6 +638,17 @@ pub enum EventKind {
     #[default]
     #[serde(other)]
     Unknown,
+}
+
+impl EventKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NodeOnline => "node_online",
+            Self::NodeStale => "node_stale",
+            Self::NodeOffline => "node_offline",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// Something that happened to a node, on `<p>.event.<cluster>.<group>.<node>`.

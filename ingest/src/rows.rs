@@ -1,0 +1,1138 @@
+//! Bus messages to table rows.
+//!
+//! [`Rows::add_message`] decodes one message (by its subject and envelope kind) and appends its
+//! rows to the per-table buffers. Values ClickHouse cannot hold sensibly are repaired and
+//! counted, never allowed to fail the batch they travel in: a non-finite float becomes 0, an
+//! over-long string is cut at a character boundary, and a message whose own time is outside
+//! 1970–2200 is rejected whole (its rows would land in a nonsense partition).
+
+use clickhouse::Row;
+use gridmon_nats::subject::{Family, Parsed, Scope, Subjects};
+use gridmon_nats::wire::{
+    self, AlarmEvent, Envelope, Event, Header, Inventory, Kind, NodeReport, ProcessRow, Rollup,
+    SensorKind, WireError,
+};
+use serde::Serialize;
+
+/// Every table the ingest writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    NodeMetrics,
+    DiskMetrics,
+    FsMetrics,
+    NetMetrics,
+    ProcessMetrics,
+    SensorReadings,
+    Rollups,
+    RollupMetrics,
+    Alarms,
+    NodeEvents,
+    Inventory,
+}
+
+impl Table {
+    pub const ALL: [Table; 11] = [
+        Table::NodeMetrics,
+        Table::DiskMetrics,
+        Table::FsMetrics,
+        Table::NetMetrics,
+        Table::ProcessMetrics,
+        Table::SensorReadings,
+        Table::Rollups,
+        Table::RollupMetrics,
+        Table::Alarms,
+        Table::NodeEvents,
+        Table::Inventory,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::NodeMetrics => "node_metrics",
+            Table::DiskMetrics => "disk_metrics",
+            Table::FsMetrics => "fs_metrics",
+            Table::NetMetrics => "net_metrics",
+            Table::ProcessMetrics => "process_metrics",
+            Table::SensorReadings => "sensor_readings",
+            Table::Rollups => "rollups",
+            Table::RollupMetrics => "rollup_metrics",
+            Table::Alarms => "alarms",
+            Table::NodeEvents => "node_events",
+            Table::Inventory => "inventory",
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The earliest and latest message time accepted: 1970-01-01 and 2200-01-01, in ms.
+pub const MIN_TS_MS: i64 = 0;
+pub const MAX_TS_MS: i64 = 7_258_118_400_000;
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct NodeMetricsRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub interval_ms: u32,
+    pub uptime_s: u32,
+    pub cpu_cores: u16,
+    pub cpu_pct: f32,
+    pub cpu_user_pct: f32,
+    pub cpu_system_pct: f32,
+    pub cpu_iowait_pct: f32,
+    pub cpu_steal_pct: f32,
+    pub load1: f32,
+    pub load5: f32,
+    pub load15: f32,
+    pub mem_total_bytes: u64,
+    pub mem_used_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub mem_used_pct: f32,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub swap_used_pct: f32,
+    pub disk_busy_pct: f32,
+    pub disk_read_bytes_ps: f64,
+    pub disk_write_bytes_ps: f64,
+    pub disk_read_ops_ps: f64,
+    pub disk_write_ops_ps: f64,
+    pub fs_total_bytes: u64,
+    pub fs_used_bytes: u64,
+    pub fs_used_max_pct: f32,
+    pub net_rx_bytes_ps: f64,
+    pub net_tx_bytes_ps: f64,
+    pub net_rx_packets_ps: f64,
+    pub net_tx_packets_ps: f64,
+    pub net_errors_ps: f64,
+    pub net_dropped_ps: f64,
+    pub probe_loss_pct: f32,
+    pub processes: u32,
+    pub procs_running: u32,
+    pub procs_zombie: u32,
+    pub sensors_alarm: u16,
+    pub programs_failed: u16,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct DiskRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub device: String,
+    pub busy_pct: f32,
+    pub read_bytes_ps: f32,
+    pub write_bytes_ps: f32,
+    pub read_ops_ps: f32,
+    pub write_ops_ps: f32,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct FsRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub mount: String,
+    pub device: String,
+    pub fstype: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub avail_bytes: u64,
+    pub inodes_total: u64,
+    pub inodes_used: u64,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct NetRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub iface: String,
+    pub up: u8,
+    pub carrier: u8,
+    pub rx_bytes_ps: f32,
+    pub tx_bytes_ps: f32,
+    pub rx_packets_ps: f32,
+    pub tx_packets_ps: f32,
+    pub rx_errors_ps: f32,
+    pub tx_errors_ps: f32,
+    pub rx_dropped_ps: f32,
+    pub tx_dropped_ps: f32,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct ProcessMetricsRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub pid: u32,
+    pub start_time: i64,
+    pub ppid: u32,
+    pub name: String,
+    pub cmdline: String,
+    pub user: String,
+    pub state: &'static str,
+    pub cpu_pct: f32,
+    pub rss_bytes: u64,
+    pub vsz_bytes: u64,
+    pub fds: Option<u32>,
+    pub threads: u32,
+    pub read_bytes_ps: Option<f32>,
+    pub write_bytes_ps: Option<f32>,
+    pub nice: i8,
+    pub priority: i16,
+    pub run_time_s: u32,
+    pub cpu_time_s: f64,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct SensorRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub sensor: String,
+    pub chip: String,
+    pub label: String,
+    pub kind: &'static str,
+    pub source: &'static str,
+    pub value: f32,
+    pub min: Option<f32>,
+    pub max: Option<f32>,
+    pub crit: Option<f32>,
+    pub alarm: u8,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct RollupRow {
+    pub ts: i64,
+    pub level: &'static str,
+    pub cluster: String,
+    pub group_name: String,
+    pub msg: u64,
+    pub window_ms: u32,
+    pub nodes_online: u32,
+    pub nodes_stale: u32,
+    pub nodes_offline: u32,
+    pub inputs: u32,
+    pub cpu_cores: u64,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub fs_total_bytes: u64,
+    pub fs_used_bytes: u64,
+    pub disk_read_bytes_ps: f64,
+    pub disk_write_bytes_ps: f64,
+    pub net_rx_bytes_ps: f64,
+    pub net_tx_bytes_ps: f64,
+    pub processes: u64,
+    pub process_states: Vec<(&'static str, u32)>,
+    pub program_states: Vec<(&'static str, u32)>,
+    pub sensors_beyond_limits: u32,
+    pub sensors_over_crit: u32,
+    pub fans_stopped: u32,
+    pub voltages_out_of_range: u32,
+    pub nodes_with_faults: u32,
+    pub alarms_active: u32,
+    pub alarms_critical: u32,
+    pub input: Vec<(&'static str, u64)>,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct RollupMetricRow {
+    pub ts: i64,
+    pub level: &'static str,
+    pub cluster: String,
+    pub group_name: String,
+    pub msg: u64,
+    pub metric: String,
+    pub count: u64,
+    pub min: f64,
+    pub mean: f64,
+    pub max: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub sum: f64,
+    pub sketch: Blob,
+}
+
+/// Bytes for a `String` column (serde's `Vec<u8>` would be an array).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct AlarmRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub scope: &'static str,
+    pub alarm_id: String,
+    pub action: &'static str,
+    pub rule: String,
+    pub severity: &'static str,
+    pub hardware: u8,
+    pub metric: String,
+    pub instance: String,
+    pub op: String,
+    pub threshold: f64,
+    pub clear_threshold: f64,
+    pub value: f64,
+    pub raised_at: i64,
+    pub duration_ms: Option<i64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct NodeEventRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub event: &'static str,
+    pub last_seen: Option<i64>,
+    pub missed_intervals: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct InventoryRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub hostname: String,
+    pub cpu_model: String,
+    pub cpu_logical_cores: u32,
+    pub cpu_physical_cores: u32,
+    pub memory_bytes: u64,
+    pub swap_bytes: u64,
+    pub disk_capacity_bytes: u64,
+    pub disks: Vec<(String, u64, String, u8)>,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub boot_time: i64,
+}
+
+/// A row type of one table; `msg` ties it to the bus message it came from.
+pub trait TableRow: for<'a> Row<Value<'a> = Self> + Serialize + Send + Sync + 'static {
+    const TABLE: Table;
+    fn msg(&self) -> u64;
+    fn ts(&self) -> i64;
+}
+
+macro_rules! table_row {
+    ($t:ty, $table:expr) => {
+        impl TableRow for $t {
+            const TABLE: Table = $table;
+            fn msg(&self) -> u64 {
+                self.msg
+            }
+            fn ts(&self) -> i64 {
+                self.ts
+            }
+        }
+    };
+}
+
+table_row!(NodeMetricsRow, Table::NodeMetrics);
+table_row!(DiskRow, Table::DiskMetrics);
+table_row!(FsRow, Table::FsMetrics);
+table_row!(NetRow, Table::NetMetrics);
+table_row!(ProcessMetricsRow, Table::ProcessMetrics);
+table_row!(SensorRow, Table::SensorReadings);
+table_row!(RollupRow, Table::Rollups);
+table_row!(RollupMetricRow, Table::RollupMetrics);
+table_row!(AlarmRow, Table::Alarms);
+table_row!(NodeEventRow, Table::NodeEvents);
+table_row!(InventoryRow, Table::Inventory);
+
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Rows were added to these tables (a bit per [`Table::index`]).
+    Rows(u16),
+    /// Not history: a command, a report request, an audit record before its table exists.
+    Skipped,
+    /// Malformed, of an unknown schema, or with an impossible time: counted, not stored.
+    Rejected(Reject),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Subject,
+    Malformed,
+    UnknownSchema,
+    WrongKind,
+    Identity,
+    Time,
+}
+
+/// Repairs made to values on the way in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// NaN or infinite floats stored as 0.
+    pub non_finite: u64,
+    /// Strings cut to `max_string_bytes`.
+    pub cut_strings: u64,
+    /// Negative durations or counts stored as 0.
+    pub negative: u64,
+}
+
+/// One buffer per table.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub node_metrics: Vec<NodeMetricsRow>,
+    pub disk_metrics: Vec<DiskRow>,
+    pub fs_metrics: Vec<FsRow>,
+    pub net_metrics: Vec<NetRow>,
+    pub process_metrics: Vec<ProcessMetricsRow>,
+    pub sensor_readings: Vec<SensorRow>,
+    pub rollups: Vec<RollupRow>,
+    pub rollup_metrics: Vec<RollupMetricRow>,
+    pub alarms: Vec<AlarmRow>,
+    pub node_events: Vec<NodeEventRow>,
+    pub inventory: Vec<InventoryRow>,
+}
+
+impl Rows {
+    pub fn len(&self, t: Table) -> usize {
+        match t {
+            Table::NodeMetrics => self.node_metrics.len(),
+            Table::DiskMetrics => self.disk_metrics.len(),
+            Table::FsMetrics => self.fs_metrics.len(),
+            Table::NetMetrics => self.net_metrics.len(),
+            Table::ProcessMetrics => self.process_metrics.len(),
+            Table::SensorReadings => self.sensor_readings.len(),
+            Table::Rollups => self.rollups.len(),
+            Table::RollupMetrics => self.rollup_metrics.len(),
+            Table::Alarms => self.alarms.len(),
+            Table::NodeEvents => self.node_events.len(),
+            Table::Inventory => self.inventory.len(),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        Table::ALL.iter().map(|t| self.len(*t)).sum()
+    }
+}
+
+/// Turns messages into rows.
+#[derive(Debug)]
+pub struct Converter {
+    subjects: Subjects,
+    max_string: usize,
+    pub repairs: Repairs,
+    /// The `msg` hash of the last message that produced rows.
+    pub last_msg: u64,
+}
+
+/// FNV-1a, 64 bits: a stable hash of a message's identity (stable across builds and
+/// versions, unlike std's hasher), stored in every row's `msg`.
+pub fn msg_hash(id: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Converter {
+    pub fn new(subjects: Subjects, max_string: usize) -> Self {
+        Self {
+            subjects,
+            max_string,
+            repairs: Repairs::default(),
+            last_msg: 0,
+        }
+    }
+
+    /// Adds the rows of one message. `msg_id` is its `Nats-Msg-Id` header, when it has one.
+    pub fn add_message(
+        &mut self,
+        subject: &str,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let scope_kind = match self.subjects.parse(subject) {
+            Ok(Parsed::Telemetry(scope)) => {
+                let kind = if matches!(scope, Scope::Node(_)) {
+                    Kind::NodeReport
+                } else {
+                    Kind::Rollup
+                };
+                (scope, kind)
+            }
+            Ok(Parsed::Other(Family::Alarm, scope)) => (scope, Kind::Alarm),
+            Ok(Parsed::Other(Family::Event, scope)) => (scope, Kind::Event),
+            Ok(Parsed::Other(Family::Inventory, scope)) => (scope, Kind::Inventory),
+            // Commands and their requests are not history; audit records get their table
+            // with the command issue.
+            Ok(Parsed::Other(Family::Cmd | Family::Audit, _)) => return Outcome::Skipped,
+            Err(_) => return Outcome::Rejected(Reject::Subject),
+        };
+        let (scope, kind) = scope_kind;
+        match kind {
+            Kind::NodeReport => self.report(&scope, msg_id, payload, out),
+            Kind::Rollup => self.rollup(&scope, msg_id, payload, out),
+            Kind::Alarm => self.alarm(&scope, msg_id, payload, out),
+            Kind::Event => self.event(&scope, msg_id, payload, out),
+            Kind::Inventory => self.inventory(&scope, msg_id, payload, out),
+            _ => Outcome::Skipped,
+        }
+    }
+
+    fn decode<B: serde::de::DeserializeOwned>(
+        &self,
+        payload: &[u8],
+        kind: Kind,
+    ) -> Result<Envelope<B>, Reject> {
+        match wire::decode::<B>(payload, kind) {
+            Ok(env) if (MIN_TS_MS..MAX_TS_MS).contains(&env.ts_ms) => Ok(env),
+            Ok(_) => Err(Reject::Time),
+            Err(WireError::UnsupportedSchema(_)) => Err(Reject::UnknownSchema),
+            Err(WireError::UnexpectedKind { .. }) => Err(Reject::WrongKind),
+            Err(_) => Err(Reject::Malformed),
+        }
+    }
+
+    fn report(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let Scope::Node(id) = scope else {
+            return Outcome::Rejected(Reject::Subject);
+        };
+        let env: Envelope<NodeReport> = match self.decode(payload, Kind::NodeReport) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        if env.source.cluster != id.cluster
+            || env.source.group.as_deref() != Some(id.group.as_str())
+            || env.source.node.as_deref() != Some(id.node.as_str())
+        {
+            return Outcome::Rejected(Reject::Identity);
+        }
+        let msg = msg_hash(
+            msg_id
+                .map_or_else(|| env.msg_id(), str::to_string)
+                .as_bytes(),
+        );
+        self.last_msg = msg;
+        let ts = env.ts_ms;
+        let (c, g, n) = (id.cluster.as_str(), id.group.as_str(), id.node.as_str());
+        let r = &env.body;
+        let mut tables = 0u16;
+        let mut mark = |t: Table| tables |= 1 << t.index();
+        let programs_failed = r
+            .programs
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.state,
+                    wire::ProgramState::Crashed | wire::ProgramState::Error
+                )
+            })
+            .count();
+        let sensors_alarm = r.sensors.iter().filter(|s| s.alarm).count();
+        if let Some(h) = &r.host {
+            let m = &h.memory;
+            let pct = |used: u64, total: u64| {
+                if total == 0 {
+                    0.0
+                } else {
+                    (used as f64 * 100.0 / total as f64) as f32
+                }
+            };
+            let (processes, running, zombie) = r
+                .processes
+                .as_ref()
+                .map_or((0, 0, 0), |p| (p.total, p.states.running, p.states.zombie));
+            let row = NodeMetricsRow {
+                ts,
+                cluster: c.into(),
+                group_name: g.into(),
+                node: n.into(),
+                msg,
+                interval_ms: r.interval_ms,
+                uptime_s: self.secs(h.uptime_s),
+                cpu_cores: u16::try_from(h.cpu.per_core_pct.len()).unwrap_or(u16::MAX),
+                cpu_pct: self.f32(h.cpu.total_pct),
+                cpu_user_pct: self.f32(h.cpu.user_pct),
+                cpu_system_pct: self.f32(h.cpu.system_pct),
+                cpu_iowait_pct: self.f32(h.cpu.iowait_pct),
+                cpu_steal_pct: self.f32(h.cpu.steal_pct),
+                load1: self.f32(h.cpu.load1),
+                load5: self.f32(h.cpu.load5),
+                load15: self.f32(h.cpu.load15),
+                mem_total_bytes: m.total_bytes,
+                mem_used_bytes: m.used_bytes,
+                mem_available_bytes: m.available_bytes,
+                mem_used_pct: pct(m.used_bytes, m.total_bytes),
+                swap_total_bytes: m.swap_total_bytes,
+                swap_used_bytes: m.swap_used_bytes,
+                swap_used_pct: pct(m.swap_used_bytes, m.swap_total_bytes),
+                disk_busy_pct: self.f32(
+                    h.disks.iter().map(|d| d.busy_pct).fold(0.0, |a: f32, b| {
+                        if b.is_finite() {
+                            a.max(b)
+                        } else {
+                            a
+                        }
+                    }),
+                ),
+                disk_read_bytes_ps: self.f64(h.disks.iter().map(|d| d.read_bytes_ps).sum()),
+                disk_write_bytes_ps: self.f64(h.disks.iter().map(|d| d.write_bytes_ps).sum()),
+                disk_read_ops_ps: self.f64(h.disks.iter().map(|d| d.read_ops_ps).sum()),
+                disk_write_ops_ps: self.f64(h.disks.iter().map(|d| d.write_ops_ps).sum()),
+                fs_total_bytes: h.filesystems.iter().map(|f| f.total_bytes).sum(),
+                fs_used_bytes: h.filesystems.iter().map(|f| f.used_bytes).sum(),
+                fs_used_max_pct: h
+                    .filesystems
+                    .iter()
+                    .map(|f| pct(f.used_bytes, f.total_bytes))
+                    .fold(0.0, f32::max),
+                net_rx_bytes_ps: self.f64(h.nets.iter().map(|x| x.rx_bytes_ps).sum()),
+                net_tx_bytes_ps: self.f64(h.nets.iter().map(|x| x.tx_bytes_ps).sum()),
+                net_rx_packets_ps: self.f64(h.nets.iter().map(|x| x.rx_packets_ps).sum()),
+                net_tx_packets_ps: self.f64(h.nets.iter().map(|x| x.tx_packets_ps).sum()),
+                net_errors_ps: self
+                    .f64(h.nets.iter().map(|x| x.rx_errors_ps + x.tx_errors_ps).sum()),
+                net_dropped_ps: self.f64(
+                    h.nets
+                        .iter()
+                        .map(|x| x.rx_dropped_ps + x.tx_dropped_ps)
+                        .sum(),
+                ),
+                probe_loss_pct: self.f32(
+                    h.probes.iter().map(|p| p.loss_pct).fold(0.0, |a: f32, b| {
+                        if b.is_finite() {
+                            a.max(b)
+                        } else {
+                            a
+                        }
+                    }),
+                ),
+                processes,
+                procs_running: running,
+                procs_zombie: zombie,
+                sensors_alarm: u16::try_from(sensors_alarm).unwrap_or(u16::MAX),
+                programs_failed: u16::try_from(programs_failed).unwrap_or(u16::MAX),
+            };
+            out.node_metrics.push(row);
+            mark(Table::NodeMetrics);
+            for d in &h.disks {
+                let row = DiskRow {
+                    ts,
+                    cluster: c.into(),
+                    group_name: g.into(),
+                    node: n.into(),
+                    msg,
+                    device: self.string(&d.name),
+                    busy_pct: self.f32(d.busy_pct),
+                    read_bytes_ps: self.f64_32(d.read_bytes_ps),
+                    write_bytes_ps: self.f64_32(d.write_bytes_ps),
+                    read_ops_ps: self.f64_32(d.read_ops_ps),
+                    write_ops_ps: self.f64_32(d.write_ops_ps),
+                };
+                out.disk_metrics.push(row);
+                mark(Table::DiskMetrics);
+            }
+            for f in &h.filesystems {
+                let row = FsRow {
+                    ts,
+                    cluster: c.into(),
+                    group_name: g.into(),
+                    node: n.into(),
+                    msg,
+                    mount: self.string(&f.mount),
+                    device: self.string(&f.device),
+                    fstype: self.string(&f.fstype),
+                    total_bytes: f.total_bytes,
+                    used_bytes: f.used_bytes,
+                    avail_bytes: f.avail_bytes,
+                    inodes_total: f.inodes_total,
+                    inodes_used: f.inodes_used,
+                };
+                out.fs_metrics.push(row);
+                mark(Table::FsMetrics);
+            }
+            for x in &h.nets {
+                let row = NetRow {
+                    ts,
+                    cluster: c.into(),
+                    group_name: g.into(),
+                    node: n.into(),
+                    msg,
+                    iface: self.string(&x.name),
+                    up: u8::from(x.up),
+                    carrier: u8::from(x.carrier),
+                    rx_bytes_ps: self.f64_32(x.rx_bytes_ps),
+                    tx_bytes_ps: self.f64_32(x.tx_bytes_ps),
+                    rx_packets_ps: self.f64_32(x.rx_packets_ps),
+                    tx_packets_ps: self.f64_32(x.tx_packets_ps),
+                    rx_errors_ps: self.f64_32(x.rx_errors_ps),
+                    tx_errors_ps: self.f64_32(x.tx_errors_ps),
+                    rx_dropped_ps: self.f64_32(x.rx_dropped_ps),
+                    tx_dropped_ps: self.f64_32(x.tx_dropped_ps),
+                };
+                out.net_metrics.push(row);
+                mark(Table::NetMetrics);
+            }
+        }
+        if let Some(p) = &r.processes {
+            out.process_metrics.reserve(p.rows.len());
+            for row in &p.rows {
+                let row = self.process_row(ts, c, g, n, msg, row);
+                out.process_metrics.push(row);
+                mark(Table::ProcessMetrics);
+            }
+        }
+        for s in &r.sensors {
+            let row = SensorRow {
+                ts,
+                cluster: c.into(),
+                group_name: g.into(),
+                node: n.into(),
+                msg,
+                sensor: self.string(&s.id),
+                chip: self.string(&s.chip),
+                label: self.string(&s.label),
+                kind: s.kind.as_str(),
+                source: s.source.as_str(),
+                value: self.f64_32(s.value),
+                min: s.min.map(|v| self.f64_32(v)),
+                max: s.max.map(|v| self.f64_32(v)),
+                crit: s.crit.map(|v| self.f64_32(v)),
+                alarm: u8::from(s.alarm),
+            };
+            out.sensor_readings.push(row);
+            mark(Table::SensorReadings);
+        }
+        if tables == 0 {
+            Outcome::Skipped
+        } else {
+            Outcome::Rows(tables)
+        }
+    }
+
+    fn process_row(
+        &mut self,
+        ts: i64,
+        c: &str,
+        g: &str,
+        n: &str,
+        msg: u64,
+        p: &ProcessRow,
+    ) -> ProcessMetricsRow {
+        ProcessMetricsRow {
+            ts,
+            cluster: c.into(),
+            group_name: g.into(),
+            node: n.into(),
+            msg,
+            pid: p.pid,
+            start_time: p.start_time_ms.clamp(MIN_TS_MS, MAX_TS_MS),
+            ppid: p.ppid,
+            name: self.string(&p.name),
+            cmdline: self.string(&p.cmdline),
+            user: self.string(&p.user),
+            state: p.state.as_str(),
+            cpu_pct: self.f32(p.cpu_pct),
+            rss_bytes: p.rss_bytes,
+            vsz_bytes: p.vsz_bytes,
+            fds: p.fds,
+            threads: p.threads,
+            read_bytes_ps: p.read_bytes_ps.map(|v| self.f64_32(v)),
+            write_bytes_ps: p.write_bytes_ps.map(|v| self.f64_32(v)),
+            nice: i8::try_from(p.nice.clamp(-128, 127)).unwrap_or(0),
+            priority: i16::try_from(p.priority.clamp(-32768, 32767)).unwrap_or(0),
+            run_time_s: self.secs(p.run_time_s),
+            cpu_time_s: self.f64(p.cpu_time_s),
+        }
+    }
+
+    fn rollup(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let env: Envelope<Rollup> = match self.decode(payload, Kind::Rollup) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        let (cluster, group) = match scope {
+            Scope::Grid => (String::new(), String::new()),
+            Scope::Cluster { cluster } => (cluster.clone(), String::new()),
+            Scope::Group { cluster, group } => (cluster.clone(), group.clone()),
+            Scope::Node(_) => return Outcome::Rejected(Reject::Subject),
+        };
+        if !env.source.cluster.is_empty() && env.source.cluster != cluster
+            || env.source.group.as_deref().unwrap_or("") != group
+        {
+            return Outcome::Rejected(Reject::Identity);
+        }
+        let msg = msg_hash(
+            msg_id
+                .map_or_else(|| env.msg_id(), str::to_string)
+                .as_bytes(),
+        );
+        self.last_msg = msg;
+        let b = &env.body;
+        let ts = b.window_start_ms.clamp(MIN_TS_MS, MAX_TS_MS);
+        let level = b.level.as_str();
+        let s = &b.sums;
+        let ps = &b.process_states;
+        let process_states = vec![
+            ("running", ps.running),
+            ("waiting", ps.waiting),
+            ("busy", ps.busy),
+            ("stopped", ps.stopped),
+            ("zombie", ps.zombie),
+            ("dead", ps.dead),
+            ("unknown", ps.unknown),
+        ];
+        let program_states = b.programs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let i = &b.input;
+        let input = vec![
+            ("received", i.received),
+            ("folded", i.folded),
+            ("late", i.late),
+            ("late_dropped", i.late_dropped),
+            ("malformed", i.malformed),
+            ("unknown_schema", i.unknown_schema),
+            ("wrong_kind", i.wrong_kind),
+            ("identity_mismatch", i.identity_mismatch),
+            ("clock_skew", i.clock_skew),
+            ("duplicate", i.duplicate),
+            ("oversize", i.oversize),
+        ];
+        out.rollups.push(RollupRow {
+            ts,
+            level,
+            cluster: cluster.clone(),
+            group_name: group.clone(),
+            msg,
+            window_ms: b.window_ms,
+            nodes_online: b.nodes.online,
+            nodes_stale: b.nodes.stale,
+            nodes_offline: b.nodes.offline,
+            inputs: b.inputs,
+            cpu_cores: s.cpu_cores,
+            memory_total_bytes: s.memory_total_bytes,
+            memory_used_bytes: s.memory_used_bytes,
+            swap_total_bytes: s.swap_total_bytes,
+            swap_used_bytes: s.swap_used_bytes,
+            fs_total_bytes: s.fs_total_bytes,
+            fs_used_bytes: s.fs_used_bytes,
+            disk_read_bytes_ps: self.f64(s.disk_read_bytes_ps),
+            disk_write_bytes_ps: self.f64(s.disk_write_bytes_ps),
+            net_rx_bytes_ps: self.f64(s.net_rx_bytes_ps),
+            net_tx_bytes_ps: self.f64(s.net_tx_bytes_ps),
+            processes: s.processes,
+            process_states,
+            program_states,
+            sensors_beyond_limits: b.faults.sensors_beyond_limits,
+            sensors_over_crit: b.faults.over_crit,
+            fans_stopped: b.faults.fans_stopped,
+            voltages_out_of_range: b.faults.voltages_out_of_range,
+            nodes_with_faults: b.faults.nodes_with_faults,
+            alarms_active: b.alarms.active,
+            alarms_critical: b.alarms.critical,
+            input,
+        });
+        let mut tables = 1u16 << Table::Rollups.index();
+        for (name, m) in &b.metrics {
+            let sketch = Blob(rmp_serde::to_vec_named(&m.sketch).unwrap_or_default());
+            let row = RollupMetricRow {
+                ts,
+                level,
+                cluster: cluster.clone(),
+                group_name: group.clone(),
+                msg,
+                metric: self.string(name),
+                count: m.count,
+                min: self.f64(m.min),
+                mean: self.f64(m.mean),
+                max: self.f64(m.max),
+                p50: self.f64(m.sketch.quantile(0.5).unwrap_or(f64::NAN)),
+                p95: self.f64(m.sketch.quantile(0.95).unwrap_or(f64::NAN)),
+                sum: self.f64(m.sum),
+                sketch,
+            };
+            out.rollup_metrics.push(row);
+            tables |= 1 << Table::RollupMetrics.index();
+        }
+        Outcome::Rows(tables)
+    }
+
+    fn alarm(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let env: Envelope<AlarmEvent> = match self.decode(payload, Kind::Alarm) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        let msg = msg_hash(
+            msg_id
+                .map_or_else(|| env.msg_id(), str::to_string)
+                .as_bytes(),
+        );
+        self.last_msg = msg;
+        let (cluster, group, node, level) = scope_parts(scope);
+        let a = &env.body;
+        let ts = if (MIN_TS_MS..MAX_TS_MS).contains(&a.ts_ms) {
+            a.ts_ms
+        } else {
+            env.ts_ms
+        };
+        let raised_at = a.raised_ms.clamp(MIN_TS_MS, MAX_TS_MS);
+        let duration_ms = match a.action {
+            wire::AlarmAction::Clear => Some((ts - raised_at).max(0)),
+            wire::AlarmAction::Raise => None,
+        };
+        out.alarms.push(AlarmRow {
+            ts,
+            cluster,
+            group_name: group,
+            node,
+            msg,
+            scope: level,
+            alarm_id: self.string(&a.id),
+            action: a.action.as_str(),
+            rule: self.string(&a.rule),
+            severity: a.severity.as_str(),
+            hardware: u8::from(is_hardware_rule(&a.rule, &a.metric)),
+            metric: self.string(&a.metric),
+            instance: self.string(a.instance.as_deref().unwrap_or("")),
+            op: self.string(&a.op),
+            threshold: self.f64(a.threshold),
+            clear_threshold: self.f64(a.clear_threshold),
+            value: self.f64(a.value),
+            raised_at,
+            duration_ms,
+            message: self.string(&a.message),
+        });
+        Outcome::Rows(1 << Table::Alarms.index())
+    }
+
+    fn event(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let Scope::Node(id) = scope else {
+            return Outcome::Rejected(Reject::Subject);
+        };
+        let env: Envelope<Event> = match self.decode(payload, Kind::Event) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        let msg = msg_hash(
+            msg_id
+                .map_or_else(|| env.msg_id(), str::to_string)
+                .as_bytes(),
+        );
+        self.last_msg = msg;
+        let e = &env.body;
+        out.node_events.push(NodeEventRow {
+            ts: env.ts_ms,
+            cluster: id.cluster.clone(),
+            group_name: id.group.clone(),
+            node: id.node.clone(),
+            msg,
+            event: e.event.as_str(),
+            last_seen: e.last_seen_ms.map(|t| t.clamp(MIN_TS_MS, MAX_TS_MS)),
+            missed_intervals: e.missed_intervals,
+            message: self.string(&e.message),
+        });
+        Outcome::Rows(1 << Table::NodeEvents.index())
+    }
+
+    fn inventory(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let Scope::Node(id) = scope else {
+            return Outcome::Rejected(Reject::Subject);
+        };
+        let env: Envelope<Inventory> = match self.decode(payload, Kind::Inventory) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        if env.source.node.as_deref() != Some(id.node.as_str()) {
+            return Outcome::Rejected(Reject::Identity);
+        }
+        let msg = msg_hash(
+            msg_id
+                .map_or_else(|| env.msg_id(), str::to_string)
+                .as_bytes(),
+        );
+        self.last_msg = msg;
+        let i = &env.body;
+        let disks = i
+            .disks
+            .iter()
+            .map(|d| {
+                (
+                    self.string(&d.name),
+                    d.capacity_bytes,
+                    self.string(&d.model),
+                    u8::from(d.rotational),
+                )
+            })
+            .collect();
+        out.inventory.push(InventoryRow {
+            ts: env.ts_ms,
+            cluster: id.cluster.clone(),
+            group_name: id.group.clone(),
+            node: id.node.clone(),
+            msg,
+            hostname: self.string(&i.hostname),
+            cpu_model: self.string(&i.cpu_model),
+            cpu_logical_cores: i.cpu_logical_cores,
+            cpu_physical_cores: i.cpu_physical_cores,
+            memory_bytes: i.memory_bytes,
+            swap_bytes: i.swap_bytes,
+            disk_capacity_bytes: i.disk_capacity_bytes,
+            disks,
+            os_name: self.string(&i.os_name),
+            os_version: self.string(&i.os_version),
+            kernel: self.string(&i.kernel),
+            arch: self.string(&i.arch),
+            agent_version: self.string(&i.agent_version),
+            boot_time: i.boot_time_ms.clamp(MIN_TS_MS, MAX_TS_MS),
+        });
+        Outcome::Rows(1 << Table::Inventory.index())
+    }
+
+    fn f32(&mut self, v: f32) -> f32 {
+        if v.is_finite() {
+            v
+        } else {
+            self.repairs.non_finite += 1;
+            0.0
+        }
+    }
+
+    fn f64(&mut self, v: f64) -> f64 {
+        if v.is_finite() {
+            v
+        } else {
+            self.repairs.non_finite += 1;
+            0.0
+        }
+    }
+
+    /// An f64 stored as Float32; values beyond its range count as non-finite.
+    fn f64_32(&mut self, v: f64) -> f32 {
+        let x = v as f32;
+        if x.is_finite() {
+            x
+        } else {
+            self.repairs.non_finite += 1;
+            0.0
+        }
+    }
+
+    /// Whole seconds of a duration.
+    fn secs(&mut self, v: f64) -> u32 {
+        if !v.is_finite() {
+            self.repairs.non_finite += 1;
+            return 0;
+        }
+        if v < 0.0 {
+            self.repairs.negative += 1;
+            return 0;
+        }
+        v.min(f64::from(u32::MAX)) as u32
+    }
+
+    fn string(&mut self, s: &str) -> String {
+        if s.len() <= self.max_string {
+            return s.to_string();
+        }
+        self.repairs.cut_strings += 1;
+        let mut end = self.max_string;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    }
+}
+
+/// Cluster, group, node and level name of an alarm's scope.
+fn scope_parts(scope: &Scope) -> (String, String, String, &'static str) {
+    match scope {
+        Scope::Grid => (String::new(), String::new(), String::new(), "grid"),
+        Scope::Cluster { cluster } => (cluster.clone(), String::new(), String::new(), "cluster"),
+        Scope::Group { cluster, group } => (cluster.clone(), group.clone(), String::new(), "group"),
+        Scope::Node(id) => (
+            id.cluster.clone(),
+            id.group.clone(),
+            id.node.clone(),
+            "node",
+        ),
+    }
+}
+
+/// Hardware rules (the built-in sensor, fan and voltage alarms, and any rule on a sensor
+/// metric) against software ones, for the fault views' split.
+pub fn is_hardware_rule(rule: &str, metric: &str) -> bool {
+    matches!(rule, "sensor_crit" | "fan_stopped" | "voltage_range")
+        || metric.starts_with("temp")
+        || metric.starts_with("fan")
+        || metric.starts_with("sensor")
+        || metric.starts_with("voltage")
+}
+
+/// Whether a message header can be read at all (used to count before a full decode).
+pub fn header(payload: &[u8]) -> Result<Header, WireError> {
+    wire::peek(payload)
+}
+
+/// The kind name of a sensor (for tests and docs).
+pub fn sensor_kind_name(k: SensorKind) -> &'static str {
+    k.as_str()
+}
