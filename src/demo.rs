@@ -66,12 +66,31 @@ pub async fn run(
         fan_stop: 0,
         crash: 1,
         flap: 0,
+        inventory_every: Duration::from_secs(3600),
         json_stats: false,
     };
     eprintln!(
         "demo: a simulated fleet of {} nodes in clusters c01, c02 (after 20 s one node goes silent, one overheats, one program crashes)",
         fleet.nodes
     );
+    // History: the embedded ClickHouse engine (or CLICKHOUSE_URL's server) and the ingest.
+    let mut front = None;
+    if config.clickhouse.url.is_empty() {
+        let (child, url) = start_front(&dir).await?;
+        front = Some(child);
+        config.clickhouse.url = url;
+    }
+    config.ingest.stream.max_bytes = config.ingest.stream.max_bytes.min(1 << 30);
+    let ch = config.clickhouse.url.clone();
+    eprintln!(
+        "demo: ClickHouse at {ch} (database {}), filled by gridmon ingest; try:\n  curl -s {ch} --data-binary \"SELECT cluster, count(DISTINCT node) AS nodes, round(avg(cpu_pct), 1) AS cpu_pct, round(max(mem_used_pct), 1) AS mem_max_pct FROM {}.node_metrics WHERE ts > now() - INTERVAL 5 MINUTE GROUP BY cluster ORDER BY cluster\"",
+        config.clickhouse.database, config.clickhouse.database
+    );
+    let ingest = tokio::spawn(crate::ingest::run(
+        config.clone(),
+        crate::ingest::Mode::default(),
+        shutdown.clone(),
+    ));
     let mut agg_config = config.clone();
     let plan = crate::aggregate::Plan::new(&mut agg_config, &[], None, false)
         .map_err(|e| anyhow::anyhow!("aggregate config: {e}"))?;
@@ -95,11 +114,67 @@ pub async fn run(
         r = sim => r.context("simulator task")?.context("simulator"),
         r = agg => r.context("aggregator task")?.context("aggregator"),
         r = watch => r.context("watch task")?.context("watch"),
+        r = ingest => r.context("ingest task")?.context("ingest"),
         _ = server.wait() => Err(anyhow::anyhow!("nats-server exited; see {}", dir.join("nats.log").display())),
     };
     shutdown.cancel();
+    if let Some(mut f) = front {
+        stop(&mut f).await;
+    }
     stop(&mut server).await;
     result
+}
+
+/// The ClickHouse front script: `GRIDMON_CLICKHOUSE_FRONT`, or `scripts/` of the source tree
+/// the binary was built in or is run from.
+fn front_script() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("GRIDMON_CLICKHOUSE_FRONT") {
+        return Ok(PathBuf::from(p));
+    }
+    let candidates = [
+        PathBuf::from("scripts/clickhouse-front.py"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/clickhouse-front.py"),
+    ];
+    candidates.into_iter().find(|p| p.exists()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "cannot find scripts/clickhouse-front.py: run the demo from the source tree, set \
+             GRIDMON_CLICKHOUSE_FRONT, or point CLICKHOUSE_URL at a ClickHouse server"
+        )
+    })
+}
+
+/// Starts the embedded ClickHouse engine with its data under `dir`; returns it and its URL.
+async fn start_front(dir: &Path) -> anyhow::Result<(tokio::process::Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let script = front_script()?;
+    let log = std::fs::File::create(dir.join("clickhouse.log"))?;
+    let mut front = child::command("python3")
+        .arg(&script)
+        .arg("--data")
+        .arg(dir.join("clickhouse"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("cannot start {}: {SETUP_HINT}", script.display()))?;
+    let stdout = front.stdout.take().context("the front's stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(port) = line.strip_prefix("READY ") {
+                return Ok::<_, std::io::Error>(Some(port.trim().to_string()));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    match ready {
+        Ok(Ok(Some(port))) => Ok((front, format!("http://127.0.0.1:{port}"))),
+        _ => bail!(
+            "the embedded ClickHouse engine did not start; see {} ({SETUP_HINT})",
+            dir.join("clickhouse.log").display()
+        ),
+    }
 }
 
 fn port_free(port: u16) -> bool {

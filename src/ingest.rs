@@ -68,9 +68,9 @@ pub async fn run(config: Config, mode: Mode, shutdown: CancellationToken) -> any
 
     let subjects = config.subjects()?;
     let client = connect(&config.nats, "gridmon-ingest").await?;
-    warn_if_sync_is_lax(&client, config.ingest.nats_monitor_url.as_deref()).await;
     let js = async_nats::jetstream::new(client.clone());
     let stream = pipeline::ensure_stream(&js, &subjects, &config.ingest).await?;
+    warn_if_sync_is_lax(&client, config.ingest.nats_monitor_url.as_deref()).await;
     let consumer = pipeline::ensure_consumer(&stream, &config.ingest).await?;
     tracing::info!(
         stream = %config.ingest.stream.name,

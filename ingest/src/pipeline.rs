@@ -41,6 +41,8 @@ use crate::store::Store;
 pub struct Stats {
     pub received: AtomicU64,
     pub redelivered: AtomicU64,
+    /// Deliveries of a message this process still holds (its in-progress marks came late).
+    pub held_again: AtomicU64,
     pub acked: AtomicU64,
     pub skipped: AtomicU64,
     pub rejected_subject: AtomicU64,
@@ -79,6 +81,7 @@ impl Stats {
         tracing::info!(
             received = g(&self.received),
             redelivered = g(&self.redelivered),
+            held_again = g(&self.held_again),
             acked = g(&self.acked),
             skipped = g(&self.skipped),
             rejected = self.rejected(),
@@ -166,9 +169,12 @@ pub async fn ensure_stream(
         {
             let created = js.create_stream(config).await.with_context(|| {
                 format!(
-                    "creating JetStream stream {} on {:?} (another stream may already capture these subjects)",
+                    "creating JetStream stream {} on {:?} with max_bytes {} (another stream may \
+                     already capture these subjects, or the server's JetStream storage may be \
+                     smaller: see ingest.stream.max_bytes)",
                     s.name,
-                    stream_subjects(subjects)
+                    stream_subjects(subjects),
+                    s.max_bytes
                 )
             })?;
             tracing::info!(stream = %s.name, "stream created");
@@ -333,6 +339,14 @@ pub async fn run(
                 };
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 let (m, acker) = msg.split();
+                if let Some(p) = pending.get_mut(&seq) {
+                    // Ours already (JetStream gave up waiting for us once): its rows are on the
+                    // way; answer for the newest delivery, and keep marking it in progress.
+                    stats.held_again.fetch_add(1, Ordering::Relaxed);
+                    p.acker = acker;
+                    p.marked_at = Instant::now() - progress_every;
+                    continue;
+                }
                 let msg_id = m
                     .headers
                     .as_ref()

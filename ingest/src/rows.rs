@@ -330,7 +330,14 @@ pub struct InventoryRow {
     pub memory_bytes: u64,
     pub swap_bytes: u64,
     pub disk_capacity_bytes: u64,
-    pub disks: Vec<(String, u64, String, u8)>,
+    #[serde(rename = "disks.name")]
+    pub disk_names: Vec<String>,
+    #[serde(rename = "disks.capacity_bytes")]
+    pub disk_capacities: Vec<u64>,
+    #[serde(rename = "disks.model")]
+    pub disk_models: Vec<String>,
+    #[serde(rename = "disks.rotational")]
+    pub disk_rotational: Vec<u8>,
     pub os_name: String,
     pub os_version: String,
     pub kernel: String,
@@ -602,15 +609,16 @@ impl Converter {
                 swap_total_bytes: m.swap_total_bytes,
                 swap_used_bytes: m.swap_used_bytes,
                 swap_used_pct: pct(m.swap_used_bytes, m.swap_total_bytes),
-                disk_busy_pct: self.f32(
-                    h.disks.iter().map(|d| d.busy_pct).fold(0.0, |a: f32, b| {
+                disk_busy_pct: self.f32(h.disks.iter().map(|d| d.busy_pct).fold(
+                    0.0,
+                    |a: f32, b| {
                         if b.is_finite() {
                             a.max(b)
                         } else {
                             a
                         }
-                    }),
-                ),
+                    },
+                )),
                 disk_read_bytes_ps: self.f64(h.disks.iter().map(|d| d.read_bytes_ps).sum()),
                 disk_write_bytes_ps: self.f64(h.disks.iter().map(|d| d.write_bytes_ps).sum()),
                 disk_read_ops_ps: self.f64(h.disks.iter().map(|d| d.read_ops_ps).sum()),
@@ -634,15 +642,16 @@ impl Converter {
                         .map(|x| x.rx_dropped_ps + x.tx_dropped_ps)
                         .sum(),
                 ),
-                probe_loss_pct: self.f32(
-                    h.probes.iter().map(|p| p.loss_pct).fold(0.0, |a: f32, b| {
+                probe_loss_pct: self.f32(h.probes.iter().map(|p| p.loss_pct).fold(
+                    0.0,
+                    |a: f32, b| {
                         if b.is_finite() {
                             a.max(b)
                         } else {
                             a
                         }
-                    }),
-                ),
+                    },
+                )),
                 processes,
                 procs_running: running,
                 procs_zombie: zombie,
@@ -1011,18 +1020,10 @@ impl Converter {
         );
         self.last_msg = msg;
         let i = &env.body;
-        let disks = i
-            .disks
-            .iter()
-            .map(|d| {
-                (
-                    self.string(&d.name),
-                    d.capacity_bytes,
-                    self.string(&d.model),
-                    u8::from(d.rotational),
-                )
-            })
-            .collect();
+        let disk_names = i.disks.iter().map(|d| self.string(&d.name)).collect();
+        let disk_models = i.disks.iter().map(|d| self.string(&d.model)).collect();
+        let disk_capacities = i.disks.iter().map(|d| d.capacity_bytes).collect();
+        let disk_rotational = i.disks.iter().map(|d| u8::from(d.rotational)).collect();
         out.inventory.push(InventoryRow {
             ts: env.ts_ms,
             cluster: id.cluster.clone(),
@@ -1036,7 +1037,10 @@ impl Converter {
             memory_bytes: i.memory_bytes,
             swap_bytes: i.swap_bytes,
             disk_capacity_bytes: i.disk_capacity_bytes,
-            disks,
+            disk_names,
+            disk_capacities,
+            disk_models,
+            disk_rotational,
             os_name: self.string(&i.os_name),
             os_version: self.string(&i.os_version),
             kernel: self.string(&i.kernel),

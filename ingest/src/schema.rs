@@ -304,7 +304,7 @@ pub const MIGRATIONS: &[Migration] = &[
                 memory_bytes UInt64,
                 swap_bytes UInt64,
                 disk_capacity_bytes UInt64,
-                disks Array(Tuple(name String, capacity_bytes UInt64, model String, rotational UInt8)),
+                disks Nested(name String, capacity_bytes UInt64, model String, rotational UInt8),
                 os_name LowCardinality(String),
                 os_version LowCardinality(String),
                 kernel LowCardinality(String),

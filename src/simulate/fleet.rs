@@ -9,11 +9,12 @@ use gridmon_nats::frame::Framer;
 use gridmon_nats::identity::TokenError;
 use gridmon_nats::publish::Outgoing;
 use gridmon_nats::wire::{
-    AgentStats, CpuMetrics, DiskMetrics, FsMetrics, HostMetrics, Kind, MemoryMetrics, NetMetrics,
-    NodeReport, ProcessTable, ProgramState, ProgramStatus, Source, WireError,
+    AgentStats, CpuMetrics, DiskMetrics, FsMetrics, HostMetrics, Inventory, Kind, MemoryMetrics,
+    NetMetrics, NodeReport, ProcessTable, ProgramState, ProgramStatus, Source, WireError,
 };
-use gridmon_nats::{NodeId, Subjects};
+use gridmon_nats::{Family, NodeId, Scope, Subjects};
 
+use super::inventory;
 use super::procs::ProcSim;
 use super::rng::Rng;
 use super::sensors::SensorSim;
@@ -43,6 +44,8 @@ pub struct Spec {
     pub faults: FaultCounts,
     /// Faults start this long after the simulator started.
     pub fault_after: Duration,
+    /// Each node publishes its inventory at start and then this often.
+    pub inventory_every: Duration,
 }
 
 /// How many nodes get each fault.
@@ -74,6 +77,9 @@ impl Spec {
         }
         if self.interval > Duration::from_secs(86_401) {
             return Err("--rate must be at least one report a day".into());
+        }
+        if self.inventory_every.is_zero() {
+            return Err("--inventory-every must be longer than 0".into());
         }
         let f = self.faults;
         for (flag, n) in [
@@ -216,8 +222,11 @@ impl Fleet {
             .zip(faults)
             .enumerate()
             .map(|(i, (id, faults))| {
-                let subject = subjects.node_report(&id);
-                SimNode::new(spec, i, id, subject, faults, run_id, start_ms)
+                let subjects = NodeSubjects {
+                    report: subjects.node_report(&id),
+                    inventory: subjects.family(Family::Inventory, &Scope::Node(id.clone())),
+                };
+                SimNode::new(spec, i, id, subjects, faults, run_id, start_ms)
             })
             .collect();
         let fault_after = i64::try_from(spec.fault_after.as_millis()).unwrap_or(i64::MAX);
@@ -269,6 +278,13 @@ struct Params {
     boot_ms: i64,
 }
 
+/// Where one node publishes.
+#[derive(Debug, Clone)]
+pub struct NodeSubjects {
+    pub report: String,
+    pub inventory: String,
+}
+
 /// One simulated node: its kept report and what moves it.
 #[derive(Debug)]
 pub struct SimNode {
@@ -276,6 +292,7 @@ pub struct SimNode {
     pub id: NodeId,
     /// Its node-report subject.
     pub subject: String,
+    pub inventory_subject: String,
     pub faults: Faults,
     framer: Framer,
     rng: Rng,
@@ -292,6 +309,10 @@ pub struct SimNode {
     interval_s: f64,
     last_ts_ms: Option<i64>,
     agent_cpu_ms: f64,
+    inventory: Inventory,
+    inventory_every_ms: i64,
+    /// When the inventory is next due; `None` until the first one went out.
+    next_inventory_ms: Option<i64>,
 }
 
 impl SimNode {
@@ -299,7 +320,7 @@ impl SimNode {
         spec: &Spec,
         index: usize,
         id: NodeId,
-        subject: String,
+        subjects: NodeSubjects,
         faults: Faults,
         run_id: u64,
         start_ms: i64,
@@ -404,11 +425,13 @@ impl SimNode {
         let mean = core_offsets.iter().sum::<f64>() / f64::from(cores.max(1));
         core_offsets.iter_mut().for_each(|o| *o -= mean);
         let interval_ms = u32::try_from(spec.interval.as_millis()).unwrap_or(u32::MAX);
+        let inventory = inventory::simulated(spec.seed, index, &id, &host, p.boot_ms);
         Self {
             index,
             framer: Framer::new(Source::from(&id), run_id),
             id,
-            subject,
+            subject: subjects.report,
+            inventory_subject: subjects.inventory,
             faults,
             rng,
             p,
@@ -432,7 +455,33 @@ impl SimNode {
             interval_s: spec.interval.as_secs_f64(),
             last_ts_ms: None,
             agent_cpu_ms: 0.0,
+            inventory,
+            inventory_every_ms: i64::try_from(spec.inventory_every.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
+            next_inventory_ms: None,
         }
+    }
+
+    /// The node's inventory, the same in every message.
+    #[cfg(test)]
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// Frames the inventory when it is due at `t` (the first tick, then every
+    /// `inventory_every`); `None` when it is not, or the node is silent.
+    pub fn frame_inventory(&mut self, t: &Tick) -> Option<Result<Outgoing, WireError>> {
+        if self.is_silent(t) || self.next_inventory_ms.is_some_and(|next| t.ts_ms < next) {
+            return None;
+        }
+        self.next_inventory_ms = Some(t.ts_ms.saturating_add(self.inventory_every_ms));
+        Some(self.framer.frame(
+            Kind::Inventory,
+            self.inventory_subject.clone(),
+            t.ts_ms,
+            &self.inventory,
+        ))
     }
 
     /// Whether this node publishes nothing at `t`.
@@ -500,13 +549,14 @@ impl SimNode {
             active(self.faults.overheat),
             active(self.faults.fan_stop),
         );
+        let crash = active(self.faults.crash);
         let crashing = self
             .report
             .programs
             .iter_mut()
             .find(|p| p.name == CRASHING_PROGRAM);
         if let Some(prog) = crashing {
-            if active(self.faults.crash) {
+            if crash {
                 if prog.state != ProgramState::Crashed {
                     prog.state = ProgramState::Crashed;
                     prog.since_ms = t.ts_ms;
@@ -528,6 +578,11 @@ impl SimNode {
                     self.interval_s * self.process_every as f64,
                     cpu,
                 );
+                if crash {
+                    // A crash loop: the supervisor restarted it since the last report.
+                    self.procs
+                        .respawn_program(table, 0, rng, t.ts_ms, self.interval_s);
+                }
             }
         } else if let Some(table) = self.report.processes.take() {
             self.spare_table = Some(table);

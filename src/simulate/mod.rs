@@ -1,5 +1,6 @@
-//! `gridmon simulate`: a fleet of simulated nodes publishing realistic node reports on the real
-//! subjects, with injected faults, and answering report requests as agents do.
+//! `gridmon simulate`: a fleet of simulated nodes publishing realistic node reports and
+//! inventories on the real subjects, with injected faults, and answering report requests as
+//! agents do.
 //!
 //! The fleet ([`fleet::Fleet`]) is pure: each node keeps its report and mutates it in place every
 //! tick. The runtime here moves the nodes to the blocking pool to update and encode the next
@@ -8,6 +9,7 @@
 //! is published on core NATS and flushed once.
 
 mod fleet;
+mod inventory;
 mod procs;
 mod rng;
 mod sensors;
@@ -87,6 +89,9 @@ pub struct SimulateArgs {
     /// Nodes whose CPU swings between about 10 % and 97 % every report.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub flap: u32,
+    /// Each node publishes its inventory at start and then this often.
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub inventory_every: Duration,
     /// At exit, print one JSON line of totals to stdout.
     #[arg(long)]
     pub json_stats: bool,
@@ -125,6 +130,7 @@ impl SimulateArgs {
                 flap: self.flap,
             },
             fault_after: self.fault_after,
+            inventory_every: self.inventory_every,
         };
         spec.validate()?;
         Ok(spec)
@@ -134,7 +140,10 @@ impl SimulateArgs {
 /// Totals of one run.
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
+    /// Node reports.
     published: u64,
+    inventories: u64,
+    /// Payload bytes of both.
     bytes: u64,
     errors: u64,
     ticks: u64,
@@ -219,6 +228,7 @@ pub async fn run(
     let cpu_s = self_cpu_seconds();
     tracing::info!(
         published = stats.published,
+        inventories = stats.inventories,
         bytes = stats.bytes,
         errors = stats.errors,
         seconds = format_args!("{seconds:.1}"),
@@ -307,6 +317,7 @@ async fn publish_loop(
                 .map(|n| Produced {
                     node: n.index,
                     out: n.frame(&t),
+                    inventory: n.frame_inventory(&t),
                 })
                 .collect();
             (nodes, out)
@@ -400,12 +411,14 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 /// What one node produced in one tick.
 struct Produced {
     node: usize,
-    /// `None`: the node is silent.
+    /// The report; `None`: the node is silent.
     out: Option<Result<Outgoing, WireError>>,
+    /// The inventory, when it is due.
+    inventory: Option<Result<Outgoing, WireError>>,
 }
 
-/// Publishes one tick's reports (core NATS, with the `Nats-Msg-Id` header like the agent's) and
-/// remembers them for report requests; silent nodes are forgotten.
+/// Publishes one tick's reports and inventories (core NATS, with the `Nats-Msg-Id` header like
+/// the agent's) and remembers the reports for report requests; silent nodes are forgotten.
 async fn publish_batch(
     clients: &[Client],
     batch: Vec<Produced>,
@@ -415,42 +428,67 @@ async fn publish_batch(
 ) {
     let mut updates: Vec<(usize, Option<Outgoing>)> = Vec::with_capacity(batch.len());
     for p in batch {
+        let Some(client) = clients.get(p.node % clients.len().max(1)) else {
+            continue;
+        };
         match p.out {
             None => updates.push((p.node, None)),
-            Some(Err(e)) => {
-                stats.errors += 1;
-                if !std::mem::replace(logged_error, true) {
-                    tracing::error!(error = %e, "cannot encode a report (further errors are only counted)");
+            Some(out) => {
+                if let Some(o) = publish_one(client, out, stats, logged_error).await {
+                    stats.published += 1;
+                    updates.push((p.node, Some(o)));
                 }
             }
-            Some(Ok(o)) => {
-                let mut headers = HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
-                let len = o.payload.len() as u64;
-                let subject = Subject::from(o.subject.as_str());
-                let Some(client) = clients.get(p.node % clients.len().max(1)) else {
-                    continue;
-                };
-                match client
-                    .publish_with_headers(subject, headers, o.payload.clone())
-                    .await
-                {
-                    Ok(()) => {
-                        stats.published += 1;
-                        stats.bytes += len;
-                        updates.push((p.node, Some(o)));
-                    }
-                    Err(e) => {
-                        stats.errors += 1;
-                        if !std::mem::replace(logged_error, true) {
-                            tracing::error!(error = %e, "publish failed (further errors are only counted)");
-                        }
-                    }
-                }
+        }
+        if let Some(out) = p.inventory {
+            if publish_one(client, out, stats, logged_error)
+                .await
+                .is_some()
+            {
+                stats.inventories += 1;
             }
         }
     }
     latest.set(updates);
+}
+
+/// Publishes one framed message; returns it when it was handed to the client. Failures are
+/// counted, and the first one logged.
+async fn publish_one(
+    client: &Client,
+    out: Result<Outgoing, WireError>,
+    stats: &mut Stats,
+    logged_error: &mut bool,
+) -> Option<Outgoing> {
+    let o = match out {
+        Ok(o) => o,
+        Err(e) => {
+            stats.errors += 1;
+            if !std::mem::replace(logged_error, true) {
+                tracing::error!(error = %e, "cannot encode a message (further errors are only counted)");
+            }
+            return None;
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
+    let subject = Subject::from(o.subject.as_str());
+    match client
+        .publish_with_headers(subject, headers, o.payload.clone())
+        .await
+    {
+        Ok(()) => {
+            stats.bytes += o.payload.len() as u64;
+            Some(o)
+        }
+        Err(e) => {
+            stats.errors += 1;
+            if !std::mem::replace(logged_error, true) {
+                tracing::error!(error = %e, "publish failed (further errors are only counted)");
+            }
+            None
+        }
+    }
 }
 
 /// Each node's last published report, exactly as sent, for report requests.

@@ -133,6 +133,8 @@ struct Meta {
 #[derive(Debug)]
 pub struct ProcSim {
     meta: Vec<Meta>,
+    /// The row of each supervised program's process, in program order.
+    program_rows: Vec<usize>,
     next_pid: u32,
     last_ts_ms: Option<i64>,
     cores: u32,
@@ -153,6 +155,7 @@ impl ProcSim {
         let mut meta = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
         let mut program_pids = vec![None; programs];
+        let mut program_rows = Vec::with_capacity(programs);
         let mut pid = 1u32;
         let uptime_ms = (start_ms - boot_ms).max(1);
         // Zombies are an error sign: about one node in seven has one.
@@ -187,6 +190,7 @@ impl ProcSim {
                 if let Some(slot) = program_pids.get_mut(i - SYSTEM.len()) {
                     *slot = Some(pid);
                 }
+                program_rows.push(i);
             }
             let zombie = zombie_row == Some(i);
             let kernel = tpl.cmdline.is_empty();
@@ -254,6 +258,7 @@ impl ProcSim {
         };
         let sim = Self {
             meta,
+            program_rows,
             next_pid: pid + 1 + rng.below(1000) as u32,
             last_ts_ms: None,
             cores: cores.max(1),
@@ -281,14 +286,7 @@ impl ProcSim {
         for (row, m) in table.rows.iter_mut().zip(&self.meta) {
             if m.churns && rng.chance(0.0005) {
                 // The process exited and another of the same kind took its place.
-                row.pid = self.next_pid;
-                self.next_pid = if self.next_pid >= PID_MAX - 1000 {
-                    300
-                } else {
-                    self.next_pid + 1 + rng.below(50) as u32
-                };
-                row.start_time_ms = ts_ms - rng.below((dt * 1000.0) as u64 + 1) as i64;
-                row.cpu_time_s = 0.0;
+                respawn(&mut self.next_pid, row, rng, ts_ms, dt);
             }
             let cpu = if m.weight > 0.0 {
                 (m.weight * scale * (1.0 + 0.3 * rng.noise())).clamp(0.0, cpu_cap)
@@ -328,6 +326,40 @@ impl ProcSim {
             table.vanished_total += 1;
         }
     }
+
+    /// Program `k`'s (0-based) process was restarted within the last `dt` seconds: a new pid and
+    /// start time, and only the CPU time of its new run. Call after [`ProcSim::update`].
+    pub fn respawn_program(
+        &mut self,
+        table: &mut ProcessTable,
+        k: usize,
+        rng: &mut Rng,
+        ts_ms: i64,
+        dt: f64,
+    ) {
+        let Some(row) = self
+            .program_rows
+            .get(k)
+            .and_then(|&i| table.rows.get_mut(i))
+        else {
+            return;
+        };
+        respawn(&mut self.next_pid, row, rng, ts_ms, dt);
+        row.run_time_s = (ts_ms - row.start_time_ms).max(0) as f64 / 1000.0;
+        row.cpu_time_s = row.run_time_s * f64::from(row.cpu_pct) / 100.0;
+    }
+}
+
+/// A new process in `row`'s place: the next pid, started within the last `dt` seconds.
+fn respawn(next_pid: &mut u32, row: &mut ProcessRow, rng: &mut Rng, ts_ms: i64, dt: f64) {
+    row.pid = *next_pid;
+    *next_pid = if *next_pid >= PID_MAX - 1000 {
+        300
+    } else {
+        *next_pid + 1 + rng.below(50) as u32
+    };
+    row.start_time_ms = ts_ms - rng.below((dt * 1000.0) as u64 + 1) as i64;
+    row.cpu_time_s = 0.0;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

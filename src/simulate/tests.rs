@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use gridmon_nats::wire::{self, Envelope, Kind, NodeReport, ProgramState, SensorKind};
+use gridmon_nats::wire::{self, Envelope, Inventory, Kind, NodeReport, ProgramState, SensorKind};
 use gridmon_nats::Subjects;
 
 use super::fleet::{fault_order, place, FaultCounts, Fleet, Spec};
@@ -25,6 +25,7 @@ fn spec() -> Spec {
         programs: 2,
         faults: FaultCounts::default(),
         fault_after: Duration::from_secs(10),
+        inventory_every: Duration::from_secs(3600),
     }
 }
 
@@ -363,6 +364,183 @@ fn crash_crashes_worker_1_with_rising_restarts() {
 }
 
 #[test]
+fn a_crash_loop_restarts_the_process_in_every_table() {
+    let faults = FaultCounts {
+        crash: 1,
+        ..Default::default()
+    };
+    let runs: Vec<(u32, i64, f64, f64)> = faulted(faults, "n0002")
+        .into_iter()
+        .map(|r| {
+            let table = r.unwrap().processes.unwrap();
+            let row = table.rows.iter().find(|p| p.name == "worker-1").unwrap();
+            (row.pid, row.start_time_ms, row.run_time_s, row.cpu_time_s)
+        })
+        .collect();
+    // Before the fault (1..=9 s) one run; from 10 s a new process (pid, start time) every report.
+    assert!(runs[..9]
+        .iter()
+        .all(|r| (r.0, r.1) == (runs[0].0, runs[0].1)));
+    let crashed = &runs[9..];
+    for (k, &(pid, start, run_s, cpu_s)) in crashed.iter().enumerate() {
+        let ts = START_MS + (10 + k as i64) * 1000;
+        assert!(
+            (ts - 1000..=ts).contains(&start),
+            "started within the last interval"
+        );
+        assert!(
+            (0.0..=1.0).contains(&run_s) && cpu_s <= run_s,
+            "{run_s} {cpu_s}"
+        );
+        assert_ne!(pid, runs[0].0);
+    }
+    let distinct: std::collections::HashSet<(u32, i64)> =
+        crashed.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(distinct.len(), crashed.len());
+    // The other program keeps its one run.
+    let mut f = fleet(&Spec { faults, ..spec() });
+    let i = node_index(&f, "n0002");
+    let w2: std::collections::HashSet<u32> = (1..=20)
+        .map(|secs| {
+            let r = at(&mut f, i, secs).unwrap();
+            let t = r.processes.unwrap();
+            t.rows.iter().find(|p| p.name == "worker-2").unwrap().pid
+        })
+        .collect();
+    assert_eq!(w2.len(), 1);
+}
+
+/// The inventories node `i` publishes at 1..=`secs` s: (second, decoded message).
+fn inventories(f: &mut Fleet, i: usize, secs: i64) -> Vec<(i64, Envelope<Inventory>)> {
+    let mut out = Vec::new();
+    for s in 1..=secs {
+        let t = f.tick(s as u64, START_MS + s * 1000);
+        let node = &mut f.nodes[i];
+        node.frame(&t);
+        if let Some(o) = node.frame_inventory(&t) {
+            let o = o.unwrap();
+            let id = &node.id;
+            assert_eq!(
+                o.subject,
+                format!("grid.inventory.{}.{}.{}", id.cluster, id.group, id.node)
+            );
+            assert_eq!(
+                o.msg_id,
+                format!(
+                    "{}.{}.{}:inventory:1:{}",
+                    node.id.cluster,
+                    node.id.group,
+                    node.id.node,
+                    out.len() + 1
+                )
+            );
+            out.push((s, wire::decode(&o.payload, Kind::Inventory).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn inventory_at_start_then_every_inventory_every_matching_the_reports() {
+    let s = Spec {
+        nodes: 16,
+        inventory_every: Duration::from_secs(10),
+        ..spec()
+    };
+    let mut f = fleet(&s);
+    let mut models = std::collections::HashSet::new();
+    let mut oses = std::collections::HashSet::new();
+    for i in 0..16 {
+        let sent = inventories(&mut f, i, 25);
+        let when: Vec<i64> = sent.iter().map(|(s, _)| *s).collect();
+        assert_eq!(when, [1, 11, 21]);
+        let env = &sent[0].1;
+        assert_eq!(env.ts_ms, START_MS + 1000);
+        assert!(sent.iter().all(|(_, e)| e.body == env.body), "static");
+        let inv = &env.body;
+        let r = at(&mut f, i, 26).unwrap();
+        let h = r.host.as_ref().unwrap();
+        assert_eq!(inv.hostname, f.nodes[i].id.node);
+        assert_eq!(inv.cpu_logical_cores as usize, h.cpu.per_core_pct.len());
+        assert!(inv.cpu_physical_cores <= inv.cpu_logical_cores);
+        assert!(inv.cpu_logical_cores <= 2 * inv.cpu_physical_cores);
+        assert!(!inv.cpu_model.is_empty());
+        assert_eq!(inv.memory_bytes, h.memory.total_bytes);
+        assert_eq!(inv.swap_bytes, h.memory.swap_total_bytes);
+        let names: Vec<&str> = inv.disks.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["nvme0n1", "sda"]);
+        for (d, fs) in inv.disks.iter().zip(&h.filesystems) {
+            assert!(fs.device.starts_with(&format!("/dev/{}", d.name)));
+            assert!(d.capacity_bytes > fs.total_bytes);
+            assert!(d.capacity_bytes < fs.total_bytes + (2 << 30));
+            assert_eq!(d.rotational, d.name == "sda");
+            assert!(!d.model.is_empty());
+        }
+        assert_eq!(
+            inv.disk_capacity_bytes,
+            inv.disks.iter().map(|d| d.capacity_bytes).sum::<u64>()
+        );
+        assert!(!inv.os_name.is_empty() && !inv.os_version.is_empty() && !inv.kernel.is_empty());
+        assert_eq!(
+            (inv.arch.as_str(), inv.agent_version.as_str()),
+            ("x86_64", "simulated")
+        );
+        let booted = START_MS + 26_000 - (h.uptime_s * 1000.0).round() as i64;
+        assert!(
+            (inv.boot_time_ms - booted).abs() <= 1,
+            "{} {booted}",
+            inv.boot_time_ms
+        );
+        models.insert(inv.cpu_model.clone());
+        oses.insert(inv.os_name.clone());
+    }
+    assert!(models.len() >= 4, "{models:?}");
+    assert!(oses.len() >= 2, "{oses:?}");
+    // The same seed gives the same inventories, another seed others.
+    let (a, b) = (
+        fleet(&s),
+        fleet(&Spec {
+            seed: 2,
+            ..s.clone()
+        }),
+    );
+    assert_eq!(a.nodes[3].inventory(), fleet(&s).nodes[3].inventory());
+    assert_ne!(a.nodes[3].inventory(), b.nodes[3].inventory());
+    // Publishing inventories leaves the reports as they are.
+    let (mut with, mut without) = (fleet(&s), fleet(&s));
+    for secs in 1..=12 {
+        let ts = START_MS + secs as i64 * 1000;
+        let t = with.tick(secs, ts);
+        if let Some(o) = with.nodes[3].frame_inventory(&t) {
+            o.unwrap();
+        }
+        assert_eq!(
+            with.nodes[3].report(&t).cloned(),
+            without.report(3, secs, ts).cloned()
+        );
+    }
+}
+
+#[test]
+fn silent_nodes_send_no_inventory() {
+    let mut f = fleet(&Spec {
+        faults: FaultCounts {
+            silent: 1,
+            ..Default::default()
+        },
+        inventory_every: Duration::from_secs(5),
+        fault_after: Duration::from_secs(8),
+        ..spec()
+    });
+    let i = node_index(&f, "n0002");
+    let when: Vec<i64> = inventories(&mut f, i, 20).iter().map(|(s, _)| *s).collect();
+    assert_eq!(when, [1, 6]);
+    let j = node_index(&f, "n0001");
+    let when: Vec<i64> = inventories(&mut f, j, 20).iter().map(|(s, _)| *s).collect();
+    assert_eq!(when, [1, 6, 11, 16]);
+}
+
+#[test]
 fn flap_swings_the_cpu_every_report() {
     let faults = FaultCounts {
         flap: 1,
@@ -477,6 +655,11 @@ fn flags_and_defaults() {
     );
     assert_eq!(s.fault_after, Duration::ZERO);
     assert_eq!(s.faults, FaultCounts::default());
+    assert_eq!(s.inventory_every, Duration::from_secs(3600));
+    assert_eq!(
+        parse("sim --inventory-every 30m").unwrap().inventory_every,
+        Duration::from_secs(1800)
+    );
     let s = parse(
         "sim --nodes 40 --clusters 2 --groups 5 --processes 500 --process-every 5 --rate 0.2 \
          --seed 9 --programs 3 --silent 1 --overheat 2 --fan-stop 3 --crash 4 --flap 5 \
@@ -513,6 +696,8 @@ fn flags_and_defaults() {
         "sim --rate 1001",
         "sim --rate 0.00001",
         "sim --clusters 0",
+        "sim --inventory-every 0s",
+        "sim --inventory-every soon",
     ] {
         assert!(parse(bad).is_err(), "{bad} accepted");
     }

@@ -4,8 +4,10 @@
 mod agent;
 mod aggregate;
 mod config;
+mod ingest;
 mod outage;
 mod python;
+mod queries;
 
 use std::path::Path;
 use std::process::Stdio;

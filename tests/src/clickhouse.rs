@@ -86,6 +86,39 @@ impl ClickHouse {
         &self.url
     }
 
+    /// The `[clickhouse]` keys of a gridmon config for this engine and `database`.
+    pub fn config_toml(&self, database: &str) -> String {
+        let mut t = format!(
+            "[clickhouse]\nurl = {:?}\ndatabase = {database:?}\n",
+            self.url
+        );
+        if let Some(u) = &self.user {
+            t.push_str(&format!("user = {u:?}\n"));
+        }
+        if let Some(p) = &self.password {
+            t.push_str(&format!("password = {p:?}\n"));
+        }
+        t
+    }
+
+    /// A backup destination template (`{name}` for each backup's name) this engine accepts:
+    /// under the embedded engine's backups directory, or `CLICKHOUSE_BACKUP_DESTINATION` for a
+    /// real server (which must allow it, e.g. `Disk('backups', '{name}')`).
+    pub fn backup_destination(&self) -> anyhow::Result<String> {
+        match &self.process {
+            Some(p) => Ok(format!(
+                "File('{}/{{name}}')",
+                p.data_dir().join("backups").display()
+            )),
+            None => std::env::var("CLICKHOUSE_BACKUP_DESTINATION").map_err(|_| {
+                anyhow::anyhow!(
+                    "with CLICKHOUSE_URL, set CLICKHOUSE_BACKUP_DESTINATION to a destination the \
+                     server allows, with {{name}} for the backup's name, e.g. Disk('backups', '{{name}}')"
+                )
+            }),
+        }
+    }
+
     /// Whether this is the embedded engine (chDB behind `scripts/clickhouse-front.py`).
     pub fn is_embedded(&self) -> bool {
         self.process.is_some()
