@@ -56,6 +56,8 @@ pub struct Stats {
     pub rows_already_present: AtomicU64,
     pub batches: AtomicU64,
     pub insert_failures: AtomicU64,
+    /// Inserts are failing now (set by the first failure, cleared by the next success).
+    pub failing: std::sync::atomic::AtomicBool,
     pub non_finite: AtomicU64,
     pub cut_strings: AtomicU64,
     pub negative: AtomicU64,
@@ -244,14 +246,12 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(cfg.consumer.fetch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .context("pulling from the consumer")?;
+    // One pull at a time, asked for only while there is room: every message delivered to
+    // this worker is one it holds and marks in progress, never one waiting in a prefetch
+    // buffer while its ack_wait runs out. Rows held can exceed max_pending_rows by at most one
+    // pull (`fetch` messages).
+    let mut batch: Option<jetstream::consumer::pull::Batch> = None;
+    let mut pull_failures = 0u32;
     let mut conv = Converter::new(subjects, cfg.max_string_bytes);
     let mut rows = Rows::default();
     let mut bufs: Vec<Buf> = Table::ALL.iter().map(|_| Buf::default()).collect();
@@ -270,10 +270,33 @@ pub async fn run(
 
     loop {
         let room = rows.total() + inflight_rows < cfg.max_pending_rows;
+        if batch.is_none() && room && !draining {
+            match consumer
+                .batch()
+                .max_messages(cfg.consumer.fetch)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+            {
+                Ok(b) => {
+                    batch = Some(b);
+                    pull_failures = 0;
+                }
+                Err(e) => {
+                    pull_failures += 1;
+                    if pull_failures == 1 || pull_failures.is_multiple_of(60) {
+                        tracing::warn!(error = %e, failures = pull_failures, "pulling from the consumer");
+                    }
+                    // Keep serving inserts and acks meanwhile; the tick retries.
+                }
+            }
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
+                // Messages of the current pull not yet taken come back to another worker.
+                batch = None;
                 drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(20));
                 for t in Table::ALL {
                     flush(t, &mut rows, &mut bufs, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
@@ -319,14 +342,16 @@ pub async fn run(
                     break;
                 }
             }
-            msg = messages.next(), if room && !draining => {
+            msg = async { batch.as_mut()?.next().await }, if batch.is_some() => {
                 let Some(msg) = msg else {
-                    anyhow::bail!("the consumer's message stream ended");
+                    batch = None;
+                    continue;
                 };
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(error = %e, "pulling messages");
+                        tracing::debug!(error = %e, "pull ended");
+                        batch = None;
                         continue;
                     }
                 };
@@ -545,12 +570,22 @@ async fn write_batch<R: TableRow>(
             store.insert(&rows, token).await
         };
         match attempt.await {
-            Ok(()) => return Ok((rows.len() as u64, present_rows)),
+            Ok(()) => {
+                if stats.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        failures_so_far = stats.insert_failures.load(Ordering::Relaxed),
+                        "inserts succeed again"
+                    );
+                }
+                return Ok((rows.len() as u64, present_rows));
+            }
             Err(e) => {
                 failures += 1;
-                stats.insert_failures.fetch_add(1, Ordering::Relaxed);
-                if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(table = R::TABLE.name(), rows = rows.len(), failures, error = %format!("{e:#}"), "insert failed; retrying");
+                let total = stats.insert_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line when inserts start failing, then one per 100 failures, whatever the
+                // number of batches waiting.
+                if !stats.failing.swap(true, Ordering::Relaxed) || total.is_multiple_of(100) {
+                    tracing::warn!(table = R::TABLE.name(), rows = rows.len(), failures_total = total, error = %format!("{e:#}"), "insert failed; retrying");
                 }
                 // It may have landed: look before the next attempt, as for a redelivery.
                 suspects.extend(rows.iter().map(TableRow::msg));

@@ -152,7 +152,7 @@ async fn assert_exact(client: &async_nats::Client, ch: &clickhouse::Client, time
 
 /// The config of an ingest writing to `ch_toml`'s server and database, with fast redelivery.
 fn write_config(dir: &Path, nats: &str, ch_toml: &str, extra: &str) -> PathBuf {
-    write_config_with(dir, nats, ch_toml, "5s", extra)
+    write_config_with(dir, nats, ch_toml, "5s", "", extra)
 }
 
 fn write_config_with(
@@ -160,6 +160,7 @@ fn write_config_with(
     nats: &str,
     ch_toml: &str,
     ack_wait: &str,
+    ingest_keys: &str,
     extra: &str,
 ) -> PathBuf {
     let path = dir.join("ingest.toml");
@@ -167,7 +168,7 @@ fn write_config_with(
         &path,
         format!(
             "[nats]\nservers = [{nats:?}]\nreconnect_max_delay = \"500ms\"\n{ch_toml}\n\
-             [ingest]\nflush_interval = \"300ms\"\n\
+             [ingest]\nflush_interval = \"300ms\"\n{ingest_keys}\n\
              [ingest.stream]\nmax_bytes = 268435456\n\
              [ingest.consumer]\nack_wait = {ack_wait:?}\n{extra}"
         ),
@@ -306,7 +307,16 @@ async fn a_clickhouse_outage_loses_and_doubles_nothing() {
             .await
             .unwrap();
     }
-    let config = write_config(dir.path(), &nats.url(), &ch_toml, "");
+    // A small bound on rows held, so the outage also exercises backpressure: the ingest stops
+    // pulling and the backlog waits in the stream, not in memory.
+    let config = write_config_with(
+        dir.path(),
+        &nats.url(),
+        &ch_toml,
+        "5s",
+        "batch_rows = 5000\nmax_pending_rows = 20000",
+        "",
+    );
     let ingest = start_ingest(dir.path(), &config, "ingest.log");
     ingest_ready(&client, &dir.path().join("ingest.log")).await;
 
@@ -328,6 +338,17 @@ async fn a_clickhouse_outage_loses_and_doubles_nothing() {
         p.cut();
     }
     tokio::time::sleep(Duration::from_secs(60)).await;
+    // Backpressure: with max_pending_rows held, the backlog waits in the stream.
+    let waiting = {
+        let js = jetstream::new(client.clone());
+        let stream = js.get_stream("GRIDMON").await.unwrap();
+        let mut c = stream
+            .get_consumer::<jetstream::consumer::pull::Config>("gridmon-ingest")
+            .await
+            .unwrap();
+        c.info().await.unwrap().num_pending
+    };
+    assert!(waiting > 0, "the ingest kept pulling past max_pending_rows");
     if let Some(e) = &mut engine {
         e.start_again().unwrap();
     }
@@ -346,6 +367,11 @@ async fn a_clickhouse_outage_loses_and_doubles_nothing() {
         "the outage was not noticed by the ingest:\n{log}"
     );
     sigterm_and_wait(ingest).await;
+    // Held messages were marked in progress throughout: JetStream never gave them to anyone
+    // again, so there was no redelivery storm after the outage.
+    let log = std::fs::read_to_string(dir.path().join("ingest.log")).unwrap();
+    assert_eq!(final_stat(&log, "redelivered"), 0, "{log}");
+    assert_eq!(final_stat(&log, "held_again"), 0, "{log}");
 }
 
 /// `kill -9` the ingest ten times in a row, mid-batch, while the simulator publishes; then let
@@ -366,6 +392,7 @@ async fn kill_9_ten_times_loses_and_doubles_nothing() {
         &nats.url(),
         &shared.config_toml(&db.name),
         "10s",
+        "",
         "",
     );
     let first = start_ingest(dir.path(), &config, "ingest-0.log");
