@@ -9,8 +9,7 @@
 use clickhouse::Row;
 use gridmon_nats::subject::{Family, Parsed, Scope, Subjects};
 use gridmon_nats::wire::{
-    self, AlarmEvent, Envelope, Event, Header, Inventory, Kind, NodeReport, ProcessRow, Rollup,
-    SensorKind, WireError,
+    self, AlarmEvent, Envelope, Event, Inventory, Kind, NodeReport, ProcessRow, Rollup, WireError,
 };
 use serde::Serialize;
 
@@ -896,8 +895,8 @@ impl Converter {
                 min: self.f64(m.min),
                 mean: self.f64(m.mean),
                 max: self.f64(m.max),
-                p50: self.f64(m.sketch.quantile(0.5).unwrap_or(f64::NAN)),
-                p95: self.f64(m.sketch.quantile(0.95).unwrap_or(f64::NAN)),
+                p50: self.f64(m.p50),
+                p95: self.f64(m.p95),
                 sum: self.f64(m.sum),
                 sketch,
             };
@@ -1131,12 +1130,187 @@ pub fn is_hardware_rule(rule: &str, metric: &str) -> bool {
         || metric.starts_with("voltage")
 }
 
-/// Whether a message header can be read at all (used to count before a full decode).
-pub fn header(payload: &[u8]) -> Result<Header, WireError> {
-    wire::peek(payload)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridmon_nats::identity::NodeId;
+    use gridmon_nats::wire::{
+        AlarmAction, CpuMetrics, HostMetrics, Level, MemoryMetrics, MetricSummary, ProcessTable,
+        Source, SCHEMA_VERSION,
+    };
 
-/// The kind name of a sensor (for tests and docs).
-pub fn sensor_kind_name(k: SensorKind) -> &'static str {
-    k.as_str()
+    fn conv() -> Converter {
+        Converter::new(Subjects::new("grid").unwrap(), 64)
+    }
+
+    fn env<B>(kind: Kind, source: Source, ts_ms: i64, body: B) -> Vec<u8>
+    where
+        B: Serialize,
+    {
+        wire::encode(&Envelope {
+            schema: SCHEMA_VERSION,
+            kind,
+            source,
+            ts_ms,
+            run_id: 1,
+            seq: 1,
+            body,
+        })
+        .unwrap()
+    }
+
+    fn node_source(n: &str) -> Source {
+        Source::from(&NodeId::new("c", "g", n).unwrap())
+    }
+
+    fn report() -> NodeReport {
+        NodeReport {
+            interval_ms: 1000,
+            host: Some(HostMetrics {
+                cpu: CpuMetrics {
+                    total_pct: 50.0,
+                    per_core_pct: vec![50.0; 8],
+                    ..Default::default()
+                },
+                memory: MemoryMetrics {
+                    total_bytes: 1000,
+                    used_bytes: 250,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            processes: Some(ProcessTable {
+                total: 2,
+                rows: vec![
+                    ProcessRow {
+                        pid: 1,
+                        name: "init".into(),
+                        cmdline: "é".repeat(100),
+                        ..Default::default()
+                    },
+                    ProcessRow {
+                        pid: 2,
+                        name: "sh".into(),
+                        run_time_s: -3.0,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_report_fills_node_and_process_rows() {
+        let mut c = conv();
+        let mut rows = Rows::default();
+        let payload = env(Kind::NodeReport, node_source("n1"), 1_000, report());
+        let out = c.add_message("grid.c.g.n1", Some("id-1"), &payload, &mut rows);
+        assert_eq!(
+            out,
+            Outcome::Rows((1 << Table::NodeMetrics.index()) | (1 << Table::ProcessMetrics.index()))
+        );
+        let n = &rows.node_metrics[0];
+        assert_eq!((n.cpu_cores, n.cpu_pct, n.mem_used_pct), (8, 50.0, 25.0));
+        assert_eq!(n.msg, msg_hash(b"id-1"));
+        assert_eq!(c.last_msg, n.msg);
+        assert_eq!(rows.process_metrics.len(), 2);
+        // 100 two-byte characters cut to at most 64 bytes, on a character boundary.
+        assert_eq!(rows.process_metrics[0].cmdline, "é".repeat(32));
+        assert_eq!(rows.process_metrics[1].run_time_s, 0);
+        assert_eq!(c.repairs.cut_strings, 1);
+        assert_eq!(c.repairs.negative, 1);
+    }
+
+    #[test]
+    fn mismatches_and_non_history_are_refused_or_skipped() {
+        let mut c = conv();
+        let mut rows = Rows::default();
+        let payload = env(Kind::NodeReport, node_source("n1"), 1_000, report());
+        assert_eq!(
+            c.add_message("grid.c.g.other", None, &payload, &mut rows),
+            Outcome::Rejected(Reject::Identity)
+        );
+        assert_eq!(
+            c.add_message("grid.cmd.c.g", None, b"anything", &mut rows),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            c.add_message("grid.c.g.n1", None, b"\xc1", &mut rows),
+            Outcome::Rejected(Reject::Malformed)
+        );
+        let old = env(Kind::NodeReport, node_source("n1"), -1, report());
+        assert_eq!(
+            c.add_message("grid.c.g.n1", None, &old, &mut rows),
+            Outcome::Rejected(Reject::Time)
+        );
+        assert_eq!(
+            c.add_message("other.c.g.n1", None, &payload, &mut rows),
+            Outcome::Rejected(Reject::Subject)
+        );
+        assert_eq!(rows.total(), 0);
+    }
+
+    #[test]
+    fn rollups_keep_merged_quantiles_and_clears_carry_a_duration() {
+        let mut c = conv();
+        let mut rows = Rows::default();
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        let sketch = gridmon_nats::sketch::Sketch::from_values(0.01, &values);
+        let mut metrics = std::collections::BTreeMap::new();
+        metrics.insert(
+            "cpu_pct".to_string(),
+            MetricSummary {
+                count: 100,
+                min: 1.0,
+                mean: 50.5,
+                max: 100.0,
+                p50: sketch.quantile(0.5).unwrap(),
+                p95: sketch.quantile(0.95).unwrap(),
+                sum: 5050.0,
+                sketch,
+            },
+        );
+        let rollup = Rollup {
+            level: Level::Group,
+            window_start_ms: 5_000,
+            window_ms: 1000,
+            metrics,
+            ..Default::default()
+        };
+        let source = Source {
+            cluster: "c".into(),
+            group: Some("g".into()),
+            node: None,
+        };
+        let payload = env(Kind::Rollup, source.clone(), 6_000, rollup);
+        assert!(matches!(
+            c.add_message("grid.c.g", None, &payload, &mut rows),
+            Outcome::Rows(_)
+        ));
+        let m = &rows.rollup_metrics[0];
+        assert_eq!(
+            (m.level, m.group_name.as_str(), m.ts),
+            ("group", "g", 5_000)
+        );
+        assert!((m.p95 - 95.0).abs() <= 95.0 * 0.01, "p95 {}", m.p95);
+        assert!(!m.sketch.0.is_empty());
+
+        let clear = AlarmEvent {
+            id: "a1".into(),
+            action: AlarmAction::Clear,
+            rule: "fan_stopped".into(),
+            raised_ms: 10_000,
+            ts_ms: 70_000,
+            ..Default::default()
+        };
+        let payload = env(Kind::Alarm, node_source("n1"), 70_000, clear);
+        c.add_message("grid.alarm.c.g.n1", None, &payload, &mut rows);
+        let a = &rows.alarms[0];
+        assert_eq!(
+            (a.duration_ms, a.hardware, a.scope),
+            (Some(60_000), 1, "node")
+        );
+    }
 }
