@@ -50,42 +50,113 @@ pub fn destination(template: &str, name: &str) -> anyhow::Result<String> {
     Ok(template.replace("{name}", name))
 }
 
-/// Takes one backup of the whole database now; returns the destination written.
-pub async fn backup_now(store: &Store, template: &str) -> anyhow::Result<String> {
-    let now = SystemTime::now()
+/// The destination with every quoted argument after the first hidden (S3 keys and secrets).
+pub fn redact(destination: &str) -> String {
+    let mut out = String::with_capacity(destination.len());
+    let mut quoted = 0;
+    let mut inside = false;
+    for c in destination.chars() {
+        if c == '\'' {
+            if inside {
+                quoted += 1;
+            }
+            inside = !inside;
+            out.push(c);
+        } else if inside && quoted >= 1 {
+            if !out.ends_with('…') {
+                out.push('…');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// Takes one backup of the whole database now, records it in `backup_log`, and returns the
+/// destination written (with secrets hidden).
+pub async fn backup_now(store: &Store, template: &str) -> anyhow::Result<String> {
+    let now = now_ms();
     let name = backup_name(store.database(), now);
     let dest = destination(template, &name)?;
+    let shown = redact(&dest);
     let sql = format!("BACKUP DATABASE `{}` TO {dest}", store.database());
     let started = std::time::Instant::now();
     // A backup takes as long as it takes: no query timeout here.
-    store
+    let result = store.client().query(&sql).execute().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let error = result
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let logged = store
         .client()
-        .query(&sql)
+        .query("INSERT INTO backup_log (ts, name, ok, seconds, error) VALUES (fromUnixTimestamp64Milli(?), ?, ?, ?, ?)")
+        .bind(now)
+        .bind(&name)
+        .bind(u8::from(result.is_ok()))
+        .bind(seconds)
+        .bind(&error)
         .execute()
-        .await
-        .with_context(|| {
-            format!("{sql} (does the server allow this destination? see backups.allowed_path)")
-        })?;
-    tracing::info!(destination = %dest, seconds = started.elapsed().as_secs_f64(), "backup taken");
-    Ok(dest)
+        .await;
+    if let Err(e) = logged {
+        tracing::warn!(error = %e, "cannot record the backup in backup_log");
+    }
+    result.with_context(|| {
+        format!("BACKUP DATABASE to {shown} (does the server allow this destination? see backups.allowed_path)")
+    })?;
+    tracing::info!(destination = %shown, seconds, "backup taken");
+    Ok(shown)
 }
 
-/// Takes a backup every `every` until `shutdown`.
+/// When the last successful backup was taken (ms), from `backup_log`.
+async fn last_backup_ms(store: &Store) -> Option<i64> {
+    store
+        .client()
+        .query("SELECT toUnixTimestamp64Milli(max(ts)) FROM backup_log WHERE ok = 1 HAVING count() > 0")
+        .fetch_optional::<i64>()
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Takes a backup every `every` until `shutdown`: the first as soon as the last one recorded
+/// is `every` old (at once if there is none), so restarts do not postpone backups forever.
 pub async fn schedule(
     store: Store,
     template: String,
     every: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
     loop {
+        let wait_ms = match last_backup_ms(&store).await {
+            Some(last) => (last.saturating_add(every_ms) - now_ms()).max(0),
+            None => 0,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))) => {}
             _ = shutdown.cancelled() => return,
         }
-        if let Err(e) = backup_now(&store, &template).await {
-            tracing::error!(error = %format!("{e:#}"), "scheduled backup failed");
+        tokio::select! {
+            r = backup_now(&store, &template) => {
+                if let Err(e) = r {
+                    tracing::error!(error = %format!("{e:#}"), "scheduled backup failed; next try in one period");
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            // The server finishes a backup under way by itself.
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -109,6 +180,15 @@ mod tests {
             backup_name("g", 951_782_400_000),
             "gridmon-g-20000229T000000Z"
         );
+    }
+
+    #[test]
+    fn secrets_are_hidden() {
+        assert_eq!(
+            redact("S3('https://b/x/n', 'KEY', 'SECRET')"),
+            "S3('https://b/x/n', '…', '…')"
+        );
+        assert_eq!(redact("File('/b/n')"), "File('/b/n')");
     }
 
     #[test]

@@ -263,14 +263,26 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = tokio::time::interval(Duration::from_secs(30));
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let progress_every = cfg.consumer.ack_wait / 3;
+    // The consumer as the server has it: an existing one keeps its settings.
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    if ack_wait != cfg.consumer.ack_wait {
+        tracing::warn!(
+            server = ?ack_wait,
+            config = ?cfg.consumer.ack_wait,
+            "the consumer exists with another ack_wait; using the server's (delete the consumer to apply the config's)"
+        );
+    }
+    let progress_every = ack_wait / 3;
+    let drain_for = store.timeout() + Duration::from_secs(5);
+    let mut busy = [false; Table::ALL.len()];
+    let mut pull_after = tokio::time::Instant::now();
     let insert_stop = CancellationToken::new();
     let mut draining = false;
     let mut drain_deadline = None;
 
     loop {
         let room = rows.total() + inflight_rows < cfg.max_pending_rows;
-        if batch.is_none() && room && !draining {
+        if batch.is_none() && room && !draining && tokio::time::Instant::now() >= pull_after {
             match consumer
                 .batch()
                 .max_messages(cfg.consumer.fetch)
@@ -284,6 +296,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     pull_failures += 1;
+                    pull_after = tokio::time::Instant::now() + pull_backoff(pull_failures);
                     if pull_failures == 1 || pull_failures.is_multiple_of(60) {
                         tracing::warn!(error = %e, failures = pull_failures, "pulling from the consumer");
                     }
@@ -297,27 +310,27 @@ pub async fn run(
                 draining = true;
                 // Messages of the current pull not yet taken come back to another worker.
                 batch = None;
-                drain_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(20));
+                drain_deadline = Some(tokio::time::Instant::now() + drain_for);
                 for t in Table::ALL {
-                    flush(t, &mut rows, &mut bufs, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
+                    flush(t, &mut rows, &mut bufs, &mut busy, cfg.insert_concurrency, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
                 }
             }
             _ = async { tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if drain_deadline.is_some() => {
                 tracing::warn!(batches = inflight.len(), "stopping with inserts unfinished; their messages will be delivered again");
                 insert_stop.cancel();
+                for task in inflight.iter() {
+                    task.abort();
+                }
                 break;
             }
             Some(done) = inflight.next(), if !inflight.is_empty() => {
-                let (batch, result) = match done {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // A panicked insert task: its messages are not acknowledged and will
-                        // come back after ack_wait.
-                        tracing::error!(error = %e, "an insert task failed");
-                        continue;
-                    }
+                let Ok((batch, result)) = done else {
+                    // Only an aborted task ends without its batch, and tasks are aborted only
+                    // on the way out.
+                    continue;
                 };
                 inflight_rows = inflight_rows.saturating_sub(batch.rows);
+                busy[batch.table.index()] = false;
                 match result {
                     Ok((written, present)) => {
                         stats.rows_written.fetch_add(written, Ordering::Relaxed);
@@ -336,7 +349,16 @@ pub async fn run(
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(table = batch.table.name(), error = %e, "batch abandoned at shutdown"),
+                    Err(e) => {
+                        // Given up (a panic while writing, or shutdown): hand the messages back
+                        // at once; whichever worker gets them looks up what landed.
+                        tracing::error!(table = batch.table.name(), error = %format!("{e:#}"), "batch given up; its messages go back to the stream");
+                        for seq in batch.seqs {
+                            if let Some(p) = pending.remove(&seq) {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), p.acker.ack_with(AckKind::Nak(None))).await;
+                            }
+                        }
+                    }
                 }
                 if draining && inflight.is_empty() && rows.total() == 0 {
                     break;
@@ -348,10 +370,19 @@ pub async fn run(
                     continue;
                 };
                 let msg = match msg {
-                    Ok(m) => m,
+                    Ok(m) => {
+                        pull_failures = 0;
+                        m
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "pull ended");
+                        // A pull refused or cut short (consumer gone, max_ack_pending, JetStream
+                        // unavailable): back off rather than asking again at once.
                         batch = None;
+                        pull_failures += 1;
+                        pull_after = tokio::time::Instant::now() + pull_backoff(pull_failures);
+                        if pull_failures == 1 || pull_failures.is_multiple_of(60) {
+                            tracing::warn!(error = %e, failures = pull_failures, "pull refused");
+                        }
                         continue;
                     }
                 };
@@ -398,7 +429,7 @@ pub async fn run(
                         pending.insert(seq, Pending { acker, left: tables, marked_at: Instant::now() });
                         for t in Table::ALL {
                             if rows.len(t) >= cfg.batch_rows {
-                                flush(t, &mut rows, &mut bufs, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
+                                flush(t, &mut rows, &mut bufs, &mut busy, cfg.insert_concurrency, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
                             }
                         }
                     }
@@ -425,19 +456,24 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = Instant::now();
                 for t in Table::ALL {
-                    if bufs[t.index()].since.is_some_and(|s| now - s >= cfg.flush_interval) {
-                        flush(t, &mut rows, &mut bufs, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
+                    let due = bufs[t.index()].since.is_some_and(|s| now - s >= cfg.flush_interval);
+                    if due || (draining && rows.len(t) > 0) || rows.len(t) >= cfg.batch_rows {
+                        flush(t, &mut rows, &mut bufs, &mut busy, cfg.insert_concurrency, &store, &stats, &insert_stop, &mut inflight, &mut inflight_rows);
                     }
                 }
                 // Held messages stay ours: tell JetStream they are in progress.
-                for p in pending.values_mut() {
-                    if now - p.marked_at >= progress_every {
-                        p.marked_at = now;
-                        if let Err(e) = p.acker.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %e, "in-progress mark failed");
+                // Time-limited: while NATS reconnects, publishes wait; the rest go next tick.
+                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                    for p in pending.values_mut() {
+                        if now - p.marked_at >= progress_every {
+                            if let Err(e) = p.acker.ack_with(AckKind::Progress).await {
+                                tracing::debug!(error = %e, "in-progress mark failed");
+                            }
+                            p.marked_at = now;
                         }
                     }
-                }
+                })
+                .await;
                 if draining && inflight.is_empty() && rows.total() == 0 {
                     break;
                 }
@@ -450,13 +486,20 @@ pub async fn run(
 }
 
 async fn ack(acker: &jetstream::message::Acker, stats: &Stats) {
-    match acker.ack().await {
-        Ok(()) => {
+    // A lost ack (or one not sent while NATS reconnects) means one more delivery, which the
+    // look-up makes harmless.
+    match tokio::time::timeout(Duration::from_secs(1), acker.ack()).await {
+        Ok(Ok(())) => {
             stats.acked.fetch_add(1, Ordering::Relaxed);
         }
-        // A lost ack means one more delivery, which the look-up makes harmless.
-        Err(e) => tracing::debug!(error = %e, "ack failed"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "ack failed"),
+        Err(_) => tracing::debug!("ack timed out"),
     }
+}
+
+/// Wait before pulling again after `n` refused pulls: 100 ms doubling to 5 s.
+fn pull_backoff(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << n.min(6))).min(Duration::from_secs(5))
 }
 
 fn sync_repairs(conv: &Converter, stats: &Stats) {
@@ -472,17 +515,22 @@ fn flush(
     table: Table,
     rows: &mut Rows,
     bufs: &mut [Buf],
+    busy: &mut [bool],
+    concurrency: usize,
     store: &Store,
     stats: &Arc<Stats>,
     stop: &CancellationToken,
     inflight: &mut FuturesUnordered<tokio::task::JoinHandle<InsertResult>>,
     inflight_rows: &mut usize,
 ) {
+    // One batch per table in flight, and at most `concurrency` in all: during an outage the
+    // rows wait in the buffer (bounded by max_pending_rows), not in a pile of retrying tasks.
     let n = rows.len(table);
-    let buf = std::mem::take(&mut bufs[table.index()]);
-    if n == 0 {
+    if n == 0 || busy[table.index()] || inflight.len() >= concurrency {
         return;
     }
+    busy[table.index()] = true;
+    let buf = std::mem::take(&mut bufs[table.index()]);
     let batch = Batch {
         table,
         seqs: buf.seqs,
@@ -496,7 +544,12 @@ fn flush(
         ($field:ident) => {{
             let taken = std::mem::take(&mut rows.$field);
             tokio::spawn(async move {
-                let r = write_batch(&store, taken, suspects, &token, &stats, &stop).await;
+                use futures::FutureExt;
+                let write = write_batch(&store, taken, suspects, &token, &stats, &stop);
+                let r = match std::panic::AssertUnwindSafe(write).catch_unwind().await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("the insert task panicked")),
+                };
                 (batch, r)
             })
         }};

@@ -622,8 +622,14 @@ impl Converter {
                 disk_write_bytes_ps: self.f64(h.disks.iter().map(|d| d.write_bytes_ps).sum()),
                 disk_read_ops_ps: self.f64(h.disks.iter().map(|d| d.read_ops_ps).sum()),
                 disk_write_ops_ps: self.f64(h.disks.iter().map(|d| d.write_ops_ps).sum()),
-                fs_total_bytes: h.filesystems.iter().map(|f| f.total_bytes).sum(),
-                fs_used_bytes: h.filesystems.iter().map(|f| f.used_bytes).sum(),
+                fs_total_bytes: h
+                    .filesystems
+                    .iter()
+                    .fold(0u64, |a, f| a.saturating_add(f.total_bytes)),
+                fs_used_bytes: h
+                    .filesystems
+                    .iter()
+                    .fold(0u64, |a, f| a.saturating_add(f.used_bytes)),
                 fs_used_max_pct: h
                     .filesystems
                     .iter()

@@ -342,7 +342,8 @@ pub const MIGRATIONS: &[Migration] = &[
                 fs_total_bytes SimpleAggregateFunction(max, UInt64)
                 ) ENGINE = AggregatingMergeTree
                 PARTITION BY toYYYYMM(ts)
-                ORDER BY (cluster, group_name, node, ts)",
+                ORDER BY (cluster, group_name, node, ts)
+                SETTINGS non_replicated_deduplication_window = 1000",
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.node_metrics_1m_mv TO {db}.node_metrics_1m AS
                 SELECT toStartOfMinute(ts) AS ts, cluster, group_name, node,
                     count() AS samples,
@@ -386,7 +387,8 @@ pub const MIGRATIONS: &[Migration] = &[
                 fds_max SimpleAggregateFunction(max, Nullable(UInt32))
                 ) ENGINE = AggregatingMergeTree
                 PARTITION BY toYYYYMM(ts)
-                ORDER BY (cluster, group_name, node, name, start_time, pid, ts)",
+                ORDER BY (cluster, group_name, node, name, start_time, pid, ts)
+                SETTINGS non_replicated_deduplication_window = 1000",
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.process_metrics_1m_mv TO {db}.process_metrics_1m AS
                 SELECT toStartOfMinute(ts) AS ts, cluster, group_name, node, name, start_time, pid,
                     any(user) AS user, count() AS samples,
@@ -418,7 +420,8 @@ pub const MIGRATIONS: &[Migration] = &[
                 alarm_samples SimpleAggregateFunction(sum, UInt64)
                 ) ENGINE = AggregatingMergeTree
                 PARTITION BY toYYYYMM(ts)
-                ORDER BY (cluster, group_name, node, sensor, kind, ts)",
+                ORDER BY (cluster, group_name, node, sensor, kind, ts)
+                SETTINGS non_replicated_deduplication_window = 1000",
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sensor_readings_1m_mv TO {db}.sensor_readings_1m AS
                 SELECT toStartOfMinute(ts) AS ts, cluster, group_name, node, sensor, kind,
                     count() AS samples, sum(value) AS value_sum, min(value) AS value_min,
@@ -432,6 +435,21 @@ pub const MIGRATIONS: &[Migration] = &[
                     max(value) AS value_max, sum(alarm) AS alarm_samples
                 FROM {db}.sensor_readings
                 GROUP BY ts, cluster, group_name, node, sensor, kind",
+        ],
+    },
+    Migration {
+        version: 3,
+        name: "backup log",
+        statements: &[
+            // Every backup the ingest takes, so a restarted ingest knows when the last one was.
+            "CREATE TABLE IF NOT EXISTS {db}.backup_log (
+                ts DateTime64(3, 'UTC'),
+                name String,
+                ok UInt8,
+                seconds Float64,
+                error String
+                ) ENGINE = MergeTree
+                ORDER BY ts",
         ],
     },
 ];

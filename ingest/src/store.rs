@@ -57,6 +57,11 @@ impl Store {
         &self.database
     }
 
+    /// The longest wait for one query or insert.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A client bound to gridmon's database.
     pub fn client(&self) -> Client {
         self.client.clone().with_database(&self.database)
@@ -189,7 +194,9 @@ impl Store {
                 .insert::<R>(table)
                 .await?
                 .with_setting("insert_deduplication_token", token)
-                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
+                // One batch is one block (a profile's lower value would split a message).
+                .with_setting("max_insert_block_size", "1048576");
             for r in rows {
                 insert.write(r).await?;
             }
@@ -208,9 +215,21 @@ impl Store {
         lo: i64,
         hi: i64,
     ) -> anyhow::Result<HashSet<u64>> {
-        if msgs.is_empty() {
-            return Ok(HashSet::new());
+        let mut found = HashSet::new();
+        // In chunks: each value is about 20 bytes of query text, and max_query_size is 256 KiB.
+        for chunk in msgs.chunks(2000) {
+            found.extend(self.present_chunk(table, chunk, lo, hi).await?);
         }
+        Ok(found)
+    }
+
+    async fn present_chunk(
+        &self,
+        table: Table,
+        msgs: &[u64],
+        lo: i64,
+        hi: i64,
+    ) -> anyhow::Result<Vec<u64>> {
         let sql = format!(
             "SELECT DISTINCT msg FROM `{}`.`{}` WHERE ts >= fromUnixTimestamp64Milli(?) AND ts <= fromUnixTimestamp64Milli(?) AND msg IN ?",
             self.database,
@@ -227,7 +246,7 @@ impl Store {
                     .fetch_all(),
             )
             .await?;
-        Ok(found.into_iter().collect())
+        Ok(found)
     }
 }
 

@@ -216,10 +216,11 @@ impl IngestConfig {
                 "must be between 1 and 1000000 (ClickHouse's max_insert_block_size)",
             ));
         }
-        if self.max_pending_rows < self.batch_rows {
+        if self.max_pending_rows < self.batch_rows || self.max_pending_rows > 1_000_000 {
+            // A table's batch can grow to this while its previous batch is in flight.
             return Err(invalid(
                 "ingest.max_pending_rows",
-                "must be at least batch_rows",
+                "must be between batch_rows and 1000000 (one batch must stay one insert block)",
             ));
         }
         if self.flush_interval < Duration::from_millis(10) {
@@ -260,6 +261,12 @@ impl IngestConfig {
             return Err(invalid(
                 "ingest.consumer",
                 "fetch and max_ack_pending must be at least 1",
+            ));
+        }
+        if i64::try_from(self.consumer.fetch).unwrap_or(i64::MAX) > self.consumer.max_ack_pending {
+            return Err(invalid(
+                "ingest.consumer.fetch",
+                "must not exceed max_ack_pending (the server refuses such pulls)",
             ));
         }
         if !self.backup.destination.is_empty() && !self.backup.destination.contains("{name}") {
