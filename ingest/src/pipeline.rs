@@ -274,7 +274,10 @@ pub async fn run(
     }
     let progress_every = ack_wait / 3;
     let drain_for = store.timeout() + Duration::from_secs(5);
-    let mut busy = [false; Table::ALL.len()];
+    let mut busy = [0u8; Table::ALL.len()];
+    // nats-server 2.9 sometimes sends no timeout status when a partly filled pull expires, and
+    // the client then waits its own fallback (expiry + 5 s); a pull is dropped here instead.
+    let mut batch_deadline = tokio::time::Instant::now();
     let mut pull_after = tokio::time::Instant::now();
     let insert_stop = CancellationToken::new();
     let mut draining = false;
@@ -292,7 +295,7 @@ pub async fn run(
             {
                 Ok(b) => {
                     batch = Some(b);
-                    pull_failures = 0;
+                    batch_deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
                 }
                 Err(e) => {
                     pull_failures += 1;
@@ -330,7 +333,7 @@ pub async fn run(
                     continue;
                 };
                 inflight_rows = inflight_rows.saturating_sub(batch.rows);
-                busy[batch.table.index()] = false;
+                busy[batch.table.index()] = busy[batch.table.index()].saturating_sub(1);
                 match result {
                     Ok((written, present)) => {
                         stats.rows_written.fetch_add(written, Ordering::Relaxed);
@@ -363,6 +366,9 @@ pub async fn run(
                 if draining && inflight.is_empty() && rows.total() == 0 {
                     break;
                 }
+            }
+            _ = tokio::time::sleep_until(batch_deadline), if batch.is_some() => {
+                batch = None;
             }
             msg = async { batch.as_mut()?.next().await }, if batch.is_some() => {
                 let Some(msg) = msg else {
@@ -497,6 +503,9 @@ async fn ack(acker: &jetstream::message::Acker, stats: &Stats) {
     }
 }
 
+/// Batches of one table in flight at once.
+const MAX_PER_TABLE: u8 = 2;
+
 /// Wait before pulling again after `n` refused pulls: 100 ms doubling to 5 s.
 fn pull_backoff(n: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << n.min(6))).min(Duration::from_secs(5))
@@ -515,7 +524,7 @@ fn flush(
     table: Table,
     rows: &mut Rows,
     bufs: &mut [Buf],
-    busy: &mut [bool],
+    busy: &mut [u8],
     concurrency: usize,
     store: &Store,
     stats: &Arc<Stats>,
@@ -523,13 +532,14 @@ fn flush(
     inflight: &mut FuturesUnordered<tokio::task::JoinHandle<InsertResult>>,
     inflight_rows: &mut usize,
 ) {
-    // One batch per table in flight, and at most `concurrency` in all: during an outage the
-    // rows wait in the buffer (bounded by max_pending_rows), not in a pile of retrying tasks.
+    // At most two batches per table in flight (two overlap the engine's parsing of one with the
+    // sending of the next), and at most `concurrency` in all: during an outage the rows wait in
+    // the buffer (bounded by max_pending_rows), not in a pile of retrying tasks.
     let n = rows.len(table);
-    if n == 0 || busy[table.index()] || inflight.len() >= concurrency {
+    if n == 0 || busy[table.index()] >= MAX_PER_TABLE || inflight.len() >= concurrency {
         return;
     }
-    busy[table.index()] = true;
+    busy[table.index()] += 1;
     let buf = std::mem::take(&mut bufs[table.index()]);
     let batch = Batch {
         table,
