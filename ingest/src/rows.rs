@@ -549,12 +549,7 @@ impl Converter {
         {
             return Outcome::Rejected(Reject::Identity);
         }
-        let msg = msg_hash(
-            msg_id
-                .map_or_else(|| env.msg_id(), str::to_string)
-                .as_bytes(),
-        );
-        self.last_msg = msg;
+        let msg = self.identify(msg_id, &env);
         let ts = env.ts_ms;
         let (c, g, n) = (id.cluster.as_str(), id.group.as_str(), id.node.as_str());
         let r = &env.body;
@@ -818,12 +813,7 @@ impl Converter {
         {
             return Outcome::Rejected(Reject::Identity);
         }
-        let msg = msg_hash(
-            msg_id
-                .map_or_else(|| env.msg_id(), str::to_string)
-                .as_bytes(),
-        );
-        self.last_msg = msg;
+        let msg = self.identify(msg_id, &env);
         let b = &env.body;
         let ts = b.window_start_ms.clamp(MIN_TS_MS, MAX_TS_MS);
         let level = b.level.as_str();
@@ -923,12 +913,7 @@ impl Converter {
             Ok(e) => e,
             Err(r) => return Outcome::Rejected(r),
         };
-        let msg = msg_hash(
-            msg_id
-                .map_or_else(|| env.msg_id(), str::to_string)
-                .as_bytes(),
-        );
-        self.last_msg = msg;
+        let msg = self.identify(msg_id, &env);
         let (cluster, group, node, level) = scope_parts(scope);
         let a = &env.body;
         let ts = if (MIN_TS_MS..MAX_TS_MS).contains(&a.ts_ms) {
@@ -980,12 +965,7 @@ impl Converter {
             Ok(e) => e,
             Err(r) => return Outcome::Rejected(r),
         };
-        let msg = msg_hash(
-            msg_id
-                .map_or_else(|| env.msg_id(), str::to_string)
-                .as_bytes(),
-        );
-        self.last_msg = msg;
+        let msg = self.identify(msg_id, &env);
         let e = &env.body;
         out.node_events.push(NodeEventRow {
             ts: env.ts_ms,
@@ -1018,12 +998,7 @@ impl Converter {
         if env.source.node.as_deref() != Some(id.node.as_str()) {
             return Outcome::Rejected(Reject::Identity);
         }
-        let msg = msg_hash(
-            msg_id
-                .map_or_else(|| env.msg_id(), str::to_string)
-                .as_bytes(),
-        );
-        self.last_msg = msg;
+        let msg = self.identify(msg_id, &env);
         let i = &env.body;
         let disk_names = i.disks.iter().map(|d| self.string(&d.name)).collect();
         let disk_models = i.disks.iter().map(|d| self.string(&d.model)).collect();
@@ -1054,6 +1029,17 @@ impl Converter {
             boot_time: i.boot_time_ms.clamp(MIN_TS_MS, MAX_TS_MS),
         });
         Outcome::Rows(1 << Table::Inventory.index())
+    }
+
+    /// The `msg` of a message: its `Nats-Msg-Id`, or the envelope's own id; remembered as
+    /// [`Converter::last_msg`].
+    fn identify<B>(&mut self, msg_id: Option<&str>, env: &Envelope<B>) -> u64 {
+        let msg = match msg_id {
+            Some(id) => msg_hash(id.as_bytes()),
+            None => msg_hash(env.msg_id().as_bytes()),
+        };
+        self.last_msg = msg;
+        msg
     }
 
     fn f32(&mut self, v: f32) -> f32 {

@@ -40,6 +40,58 @@ macro_rules! ident_cols {
     };
 }
 
+/// The `SELECT` of `node_metrics`'s downsampling views, bucketed by `$bucket`.
+macro_rules! node_metrics_view {
+    ($bucket:literal) => {
+        concat!("
+                SELECT ", $bucket, "(ts) AS ts, cluster, group_name, node,
+                    count() AS samples,
+                    sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max,
+                    sum(mem_used_pct) AS mem_used_pct_sum, max(mem_used_pct) AS mem_used_pct_max,
+                    sum(swap_used_pct) AS swap_used_pct_sum, max(swap_used_pct) AS swap_used_pct_max,
+                    sum(disk_busy_pct) AS disk_busy_pct_sum, max(disk_busy_pct) AS disk_busy_pct_max,
+                    sum(load1) AS load1_sum,
+                    sum(net_rx_bytes_ps) AS net_rx_bytes_ps_sum, sum(net_tx_bytes_ps) AS net_tx_bytes_ps_sum,
+                    max(mem_total_bytes) AS mem_total_bytes, max(fs_total_bytes) AS fs_total_bytes
+                FROM {db}.node_metrics
+                GROUP BY ts, cluster, group_name, node")
+    };
+}
+
+/// The `SELECT` of `process_metrics`'s downsampling views, bucketed by `$bucket`.
+macro_rules! process_metrics_view {
+    ($bucket:literal) => {
+        concat!(
+            "
+                SELECT ",
+            $bucket,
+            "(ts) AS ts, cluster, group_name, node, name, start_time, pid,
+                    any(user) AS user, count() AS samples,
+                    sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max,
+                    sum(rss_bytes) AS rss_bytes_sum, max(rss_bytes) AS rss_bytes_max,
+                    max(threads) AS threads_max, max(fds) AS fds_max
+                FROM {db}.process_metrics
+                GROUP BY ts, cluster, group_name, node, name, start_time, pid"
+        )
+    };
+}
+
+/// The `SELECT` of `sensor_readings`'s downsampling views, bucketed by `$bucket`.
+macro_rules! sensor_readings_view {
+    ($bucket:literal) => {
+        concat!(
+            "
+                SELECT ",
+            $bucket,
+            "(ts) AS ts, cluster, group_name, node, sensor, kind,
+                    count() AS samples, sum(value) AS value_sum, min(value) AS value_min,
+                    max(value) AS value_max, sum(alarm) AS alarm_samples
+                FROM {db}.sensor_readings
+                GROUP BY ts, cluster, group_name, node, sensor, kind"
+        )
+    };
+}
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -344,31 +396,15 @@ pub const MIGRATIONS: &[Migration] = &[
                 PARTITION BY toYYYYMM(ts)
                 ORDER BY (cluster, group_name, node, ts)
                 SETTINGS non_replicated_deduplication_window = 1000",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.node_metrics_1m_mv TO {db}.node_metrics_1m AS
-                SELECT toStartOfMinute(ts) AS ts, cluster, group_name, node,
-                    count() AS samples,
-                    sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max,
-                    sum(mem_used_pct) AS mem_used_pct_sum, max(mem_used_pct) AS mem_used_pct_max,
-                    sum(swap_used_pct) AS swap_used_pct_sum, max(swap_used_pct) AS swap_used_pct_max,
-                    sum(disk_busy_pct) AS disk_busy_pct_sum, max(disk_busy_pct) AS disk_busy_pct_max,
-                    sum(load1) AS load1_sum,
-                    sum(net_rx_bytes_ps) AS net_rx_bytes_ps_sum, sum(net_tx_bytes_ps) AS net_tx_bytes_ps_sum,
-                    max(mem_total_bytes) AS mem_total_bytes, max(fs_total_bytes) AS fs_total_bytes
-                FROM {db}.node_metrics
-                GROUP BY ts, cluster, group_name, node",
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.node_metrics_1m_mv TO {db}.node_metrics_1m AS",
+                node_metrics_view!("toStartOfMinute")
+            ),
             "CREATE TABLE IF NOT EXISTS {db}.node_metrics_1h AS {db}.node_metrics_1m",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.node_metrics_1h_mv TO {db}.node_metrics_1h AS
-                SELECT toStartOfHour(ts) AS ts, cluster, group_name, node,
-                    count() AS samples,
-                    sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max,
-                    sum(mem_used_pct) AS mem_used_pct_sum, max(mem_used_pct) AS mem_used_pct_max,
-                    sum(swap_used_pct) AS swap_used_pct_sum, max(swap_used_pct) AS swap_used_pct_max,
-                    sum(disk_busy_pct) AS disk_busy_pct_sum, max(disk_busy_pct) AS disk_busy_pct_max,
-                    sum(load1) AS load1_sum,
-                    sum(net_rx_bytes_ps) AS net_rx_bytes_ps_sum, sum(net_tx_bytes_ps) AS net_tx_bytes_ps_sum,
-                    max(mem_total_bytes) AS mem_total_bytes, max(fs_total_bytes) AS fs_total_bytes
-                FROM {db}.node_metrics
-                GROUP BY ts, cluster, group_name, node",
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.node_metrics_1h_mv TO {db}.node_metrics_1h AS",
+                node_metrics_view!("toStartOfHour")
+            ),
             "CREATE TABLE IF NOT EXISTS {db}.process_metrics_1m (
                 ts DateTime('UTC'),
                 cluster LowCardinality(String),
@@ -389,23 +425,15 @@ pub const MIGRATIONS: &[Migration] = &[
                 PARTITION BY toYYYYMM(ts)
                 ORDER BY (cluster, group_name, node, name, start_time, pid, ts)
                 SETTINGS non_replicated_deduplication_window = 1000",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.process_metrics_1m_mv TO {db}.process_metrics_1m AS
-                SELECT toStartOfMinute(ts) AS ts, cluster, group_name, node, name, start_time, pid,
-                    any(user) AS user, count() AS samples,
-                    sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max,
-                    sum(rss_bytes) AS rss_bytes_sum, max(rss_bytes) AS rss_bytes_max,
-                    max(threads) AS threads_max, max(fds) AS fds_max
-                FROM {db}.process_metrics
-                GROUP BY ts, cluster, group_name, node, name, start_time, pid",
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.process_metrics_1m_mv TO {db}.process_metrics_1m AS",
+                process_metrics_view!("toStartOfMinute")
+            ),
             "CREATE TABLE IF NOT EXISTS {db}.process_metrics_1h AS {db}.process_metrics_1m",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.process_metrics_1h_mv TO {db}.process_metrics_1h AS
-                SELECT toStartOfHour(ts) AS ts, cluster, group_name, node, name, start_time, pid,
-                    any(user) AS user, count() AS samples,
-                    sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max,
-                    sum(rss_bytes) AS rss_bytes_sum, max(rss_bytes) AS rss_bytes_max,
-                    max(threads) AS threads_max, max(fds) AS fds_max
-                FROM {db}.process_metrics
-                GROUP BY ts, cluster, group_name, node, name, start_time, pid",
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.process_metrics_1h_mv TO {db}.process_metrics_1h AS",
+                process_metrics_view!("toStartOfHour")
+            ),
             "CREATE TABLE IF NOT EXISTS {db}.sensor_readings_1m (
                 ts DateTime('UTC'),
                 cluster LowCardinality(String),
@@ -422,19 +450,15 @@ pub const MIGRATIONS: &[Migration] = &[
                 PARTITION BY toYYYYMM(ts)
                 ORDER BY (cluster, group_name, node, sensor, kind, ts)
                 SETTINGS non_replicated_deduplication_window = 1000",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sensor_readings_1m_mv TO {db}.sensor_readings_1m AS
-                SELECT toStartOfMinute(ts) AS ts, cluster, group_name, node, sensor, kind,
-                    count() AS samples, sum(value) AS value_sum, min(value) AS value_min,
-                    max(value) AS value_max, sum(alarm) AS alarm_samples
-                FROM {db}.sensor_readings
-                GROUP BY ts, cluster, group_name, node, sensor, kind",
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sensor_readings_1m_mv TO {db}.sensor_readings_1m AS",
+                sensor_readings_view!("toStartOfMinute")
+            ),
             "CREATE TABLE IF NOT EXISTS {db}.sensor_readings_1h AS {db}.sensor_readings_1m",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sensor_readings_1h_mv TO {db}.sensor_readings_1h AS
-                SELECT toStartOfHour(ts) AS ts, cluster, group_name, node, sensor, kind,
-                    count() AS samples, sum(value) AS value_sum, min(value) AS value_min,
-                    max(value) AS value_max, sum(alarm) AS alarm_samples
-                FROM {db}.sensor_readings
-                GROUP BY ts, cluster, group_name, node, sensor, kind",
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sensor_readings_1h_mv TO {db}.sensor_readings_1h AS",
+                sensor_readings_view!("toStartOfHour")
+            ),
         ],
     },
     Migration {
