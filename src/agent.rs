@@ -19,7 +19,10 @@ use gridmon_nats::connect::connect;
 use gridmon_nats::frame::{now_ms, Framer};
 use gridmon_nats::publish::{Publisher, Spool};
 use gridmon_nats::wire::{AgentStats, Kind, NodeReport, Source};
-use gridmon_nats::{Config, Family, Scope};
+use gridmon_nats::{Config, Family, NodeId, Scope, Subjects};
+
+use crate::control::{AuditLog, Control, LastReport};
+use gridmon_commands::supervisor::{Supervisor, SupervisorHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -83,27 +86,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
     }
 
+    let run_id = u64::try_from(now_ms()).unwrap_or(0);
+    let framer = Arc::new(Mutex::new(Framer::new(Source::from(&id), run_id)));
     let last_report: LastReport = Arc::default();
+    let supervisor = start_supervisor(
+        &config, &id, &subjects, &framer, &spool, &tracker, &shutdown,
+    )?;
+    let control = control_server(
+        &config,
+        &client,
+        &id,
+        &subjects,
+        &framer,
+        &spool,
+        &last_report,
+        supervisor.clone(),
+    )?;
     {
-        let (client, subjects, id, last, stop) = (
+        let stop = shutdown.clone();
+        tracker.spawn(
+            async move {
+                if let Err(e) = control.run(stop).await {
+                    tracing::warn!(error = %e, "commands and report requests will not be answered");
+                }
+            }
+            .instrument(tracing::info_span!("commands")),
+        );
+    }
+    if config.commands.enabled {
+        let (client, id, cfg, sup, stop) = (
             client.clone(),
-            subjects.clone(),
             id.clone(),
-            last_report.clone(),
+            config.commands.clone(),
+            supervisor.clone(),
             shutdown.clone(),
         );
         tracker.spawn(
-            async move {
-                if let Err(e) = answer_report_requests(client, subjects, id, last, stop).await {
-                    tracing::warn!(error = %e, "report requests will not be answered");
-                }
-            }
-            .instrument(tracing::info_span!("report_requests")),
+            refresh_registry(client, id, cfg, sup, stop)
+                .instrument(tracing::info_span!("registry")),
         );
     }
 
-    let run_id = u64::try_from(now_ms()).unwrap_or(0);
-    let mut framer = Framer::new(Source::from(&id), run_id);
     let report_subject = subjects.node_report(&id);
     let inventory_subject = subjects.family(Family::Inventory, &Scope::Node(id.clone()));
     let interval = config.agent.interval;
@@ -141,7 +164,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }),
             processes: sample.processes,
             sensors: sample.sensors,
-            programs: Vec::new(),
+            programs: match &supervisor {
+                Some(s) => s.status(None).await.unwrap_or_default(),
+                None => Vec::new(),
+            },
             agent: AgentStats {
                 version: env!("CARGO_PKG_VERSION").into(),
                 spool_dropped_total: spool.dropped_total(),
@@ -152,7 +178,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 rss_bytes: sample.self_usage.1,
             },
         };
-        match framer.frame(Kind::NodeReport, report_subject.clone(), ts_ms, &report) {
+        let framed = lock(&framer).frame(Kind::NodeReport, report_subject.clone(), ts_ms, &report);
+        match framed {
             Ok(out) => {
                 *last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(out.payload.clone());
                 spool.push(out);
@@ -161,7 +188,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         if let Some(inv) = sample.inventory {
             if inventory.should_publish(&inv, ts_ms, config.agent.inventory_interval) {
-                match framer.frame(Kind::Inventory, inventory_subject.clone(), ts_ms, &inv) {
+                let framed =
+                    lock(&framer).frame(Kind::Inventory, inventory_subject.clone(), ts_ms, &inv);
+                match framed {
                     Ok(out) => {
                         spool.push(out);
                         inventory.published(inv, ts_ms);
@@ -178,55 +207,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tokio::time::timeout(Duration::from_secs(2), client.flush())
         .await
         .ok();
-    Ok(())
-}
-
-/// The encoded bytes of the latest report, for report requests.
-type LastReport = Arc<Mutex<Option<bytes::Bytes>>>;
-
-/// Answers `report_request`s on `<p>.cmd.<c>`, `<p>.cmd.<c>.<g>` and `<p>.cmd.<c>.<g>.<n>` with
-/// the latest report, byte for byte as published (an aggregator that starts mid-interval gets a
-/// complete first window). Other messages on these subjects are left to the supervisor.
-async fn answer_report_requests(
-    client: async_nats::Client,
-    subjects: gridmon_nats::Subjects,
-    id: gridmon_nats::NodeId,
-    last: LastReport,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let scopes = [
-        Scope::Cluster {
-            cluster: id.cluster.clone(),
-        },
-        Scope::Group {
-            cluster: id.cluster.clone(),
-            group: id.group.clone(),
-        },
-        Scope::Node(id.clone()),
-    ];
-    let mut subs = Vec::new();
-    for s in &scopes {
-        subs.push(client.subscribe(subjects.family(Family::Cmd, s)).await?);
-    }
-    let mut requests = futures::stream::select_all(subs);
-    loop {
-        let msg = tokio::select! {
-            m = requests.next() => match m { Some(m) => m, None => break },
-            _ = shutdown.cancelled() => break,
-        };
-        let Some(reply) = msg.reply else { continue };
-        match gridmon_nats::wire::peek(&msg.payload) {
-            Ok(h) if h.kind == Kind::ReportRequest => {}
-            _ => continue,
-        }
-        let bytes = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(b) = bytes {
-            if let Err(e) = client.publish(reply, b).await {
-                tracing::debug!(error = %e, "could not answer a report request");
-            }
-        }
-    }
     Ok(())
 }
 
@@ -429,6 +409,202 @@ impl InventoryState {
     fn published(&mut self, inv: Inventory, now_ms: i64) {
         self.last = Some(inv);
         self.last_published_ms = now_ms;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the supervisor when programs are configured, and forwards its state transitions to
+/// `<p>.event.<cluster>.<group>.<node>` through the spool.
+fn start_supervisor(
+    config: &Config,
+    id: &NodeId,
+    subjects: &Subjects,
+    framer: &Arc<Mutex<Framer>>,
+    spool: &Spool,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<SupervisorHandle>> {
+    if config.programs.is_empty() {
+        return Ok(None);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let (sup, handle) = Supervisor::new(config.supervisor.clone(), config.programs.clone(), tx)
+        .context("starting the supervisor")?;
+    // The event forwarder outlives the supervisor's drain (its stop events are published), then
+    // ends: program tasks may keep sender clones alive, so the channel alone never closes.
+    let done = CancellationToken::new();
+    {
+        let (stop, done) = (shutdown.clone(), done.clone());
+        tracker.spawn(
+            async move {
+                sup.run(stop).await;
+                done.cancel();
+            }
+            .instrument(tracing::info_span!("supervisor")),
+        );
+    }
+    let (subject, framer, spool) = (
+        subjects.family(Family::Event, &Scope::Node(id.clone())),
+        framer.clone(),
+        spool.clone(),
+    );
+    tracker.spawn(
+        async move {
+            loop {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = done.cancelled() => rx.try_recv().ok(),
+                };
+                let Some(ev) = ev else { break };
+                tracing::info!(
+                    program = %ev.program,
+                    from = ev.from.as_str(),
+                    to = ev.to.as_str(),
+                    reason = %ev.reason,
+                    "program state"
+                );
+                let framed =
+                    lock(&framer).frame(Kind::ProgramEvent, subject.clone(), ev.ts_ms, &ev);
+                match framed {
+                    Ok(out) => spool.push(out),
+                    Err(e) => tracing::error!(error = %e, "cannot encode a program event"),
+                }
+            }
+        }
+        .instrument(tracing::info_span!("program_events")),
+    );
+    Ok(Some(handle))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn control_server(
+    config: &Config,
+    client: &async_nats::Client,
+    id: &NodeId,
+    subjects: &Subjects,
+    framer: &Arc<Mutex<Framer>>,
+    spool: &Spool,
+    last_report: &LastReport,
+    supervisor: Option<SupervisorHandle>,
+) -> anyhow::Result<Control> {
+    let c = &config.commands;
+    let dir = &config.supervisor.dir;
+    let guard = if c.enabled {
+        // Signed commands need a nonce record that outlives the agent; without issuers only
+        // unsigned reads can pass, and those need none.
+        let nonces = if c.issuers.is_empty() {
+            gridmon_nats::guard::NonceStore::in_memory()
+        } else {
+            let path = c
+                .nonce_file
+                .clone()
+                .unwrap_or_else(|| dir.join("command-nonces"));
+            gridmon_nats::guard::NonceStore::open(&path, now_ms()).with_context(|| {
+                format!(
+                    "opening the command nonce record {} (set commands.nonce_file or supervisor.dir)",
+                    path.display()
+                )
+            })?
+        };
+        Some(Arc::new(Mutex::new(gridmon_nats::guard::Guard::new(
+            id.clone(),
+            c,
+            nonces,
+        ))))
+    } else {
+        None
+    };
+    let audit_path = match (&c.audit_file, c.issuers.is_empty() && supervisor.is_none()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(dir.join("audit.log")),
+        (None, true) => None,
+    };
+    Ok(Control {
+        client: client.clone(),
+        subjects: subjects.clone(),
+        id: id.clone(),
+        guard,
+        supervisor,
+        framer: framer.clone(),
+        spool: spool.clone(),
+        audit: Arc::new(AuditLog::open(audit_path)?),
+        last_report: last_report.clone(),
+        releases: config.releases.clone(),
+        programs_dir: dir.join("programs"),
+        download_dir: dir.join("downloads"),
+        allow_poweroff: config.supervisor.allow_poweroff,
+        replies_sent: Arc::default(),
+    })
+}
+
+/// Keeps this node's registry entry fresh so that `gridmon ctl` counts it among its group's
+/// members; a bus or JetStream outage is retried every period.
+async fn refresh_registry(
+    client: async_nats::Client,
+    id: NodeId,
+    cfg: gridmon_nats::config::CommandsConfig,
+    supervisor: Option<SupervisorHandle>,
+    shutdown: CancellationToken,
+) {
+    use gridmon_nats::command::RegistryEntry;
+    let js = async_nats::jetstream::new(client);
+    let mut store = None;
+    let mut tick = tokio::time::interval(cfg.registry_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if store.is_none() {
+            // Entries of nodes gone for a week are forgotten.
+            match gridmon_nats::registry::open(
+                &js,
+                &cfg.registry_bucket,
+                true,
+                Duration::from_secs(7 * 24 * 3600),
+            )
+            .await
+            {
+                Ok(s) => store = Some(s),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot open the registry; retrying");
+                        failing = true;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(kv) = &store else { continue };
+        let entry = RegistryEntry {
+            schema: gridmon_nats::wire::SCHEMA_VERSION,
+            source: Source::from(&id),
+            seen_ms: now_ms(),
+            every_ms: u64::try_from(cfg.registry_every.as_millis()).unwrap_or(u64::MAX),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            programs: supervisor
+                .as_ref()
+                .map(|s| s.programs())
+                .unwrap_or_default(),
+        };
+        match gridmon_nats::registry::put(kv, &id, &entry).await {
+            Ok(()) if failing => {
+                tracing::info!("registry refreshed again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot refresh the registry; retrying");
+                    failing = true;
+                }
+            }
+        }
     }
 }
 

@@ -2,8 +2,11 @@
 
 mod agent;
 mod aggregate;
+mod control;
+mod ctl;
 mod demo;
 mod ingest;
+mod release;
 mod simulate;
 mod watch;
 
@@ -43,6 +46,77 @@ enum Command {
     Watch(WatchArgs),
     /// Start a local nats-server and an agent, and show their reports live.
     Demo(DemoArgs),
+    /// Send a signed command to a node, or to every node of a group, a cluster or the grid.
+    Ctl(CtlCmd),
+    /// Create an operator key for signing commands.
+    Keygen(ctl::KeygenArgs),
+    /// Upload and list program releases in the NATS object store.
+    Release(ReleaseCmd),
+}
+
+#[derive(Debug, Args)]
+struct ReleaseCmd {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    action: ReleaseAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseAction {
+    /// Upload FILE (a tar or tar.gz archive) as PROGRAM's release VERSION.
+    Push {
+        program: String,
+        version: String,
+        file: PathBuf,
+        /// Sign the release with this nkey seed file (see `releases.signing_keys`).
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
+    },
+    /// List the releases in the bucket.
+    List { program: Option<String> },
+}
+
+#[derive(Debug, Args)]
+struct CtlCmd {
+    #[command(flatten)]
+    bus: BusArgs,
+    #[command(flatten)]
+    args: ctl::CtlArgs,
+}
+
+/// The options of commands that talk to the bus without being a node (their `--cluster`,
+/// `--group` and `--node` name targets instead).
+#[derive(Debug, Args, Clone)]
+struct BusArgs {
+    /// Config file (TOML). Also `GRIDMON_CONFIG`.
+    #[arg(long, short = 'c', env = "GRIDMON_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// Subject prefix (default `grid`).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Log filter (`RUST_LOG` syntax).
+    #[arg(long, env = "GRIDMON_LOG", default_value = "warn")]
+    log: String,
+}
+
+impl BusArgs {
+    fn common(&self) -> Common {
+        Common {
+            config: self.config.clone(),
+            nats_url: self.nats_url.clone(),
+            prefix: self.prefix.clone(),
+            cluster: None,
+            group: None,
+            node: None,
+            interval: None,
+            process_interval: None,
+            log: self.log.clone(),
+        }
+    }
 }
 
 /// Options every bus-facing subcommand takes; they override the config file and the environment.
@@ -164,7 +238,23 @@ fn init_logging(filter: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keygen(k) = &cli.command {
+        return match ctl::keygen(k) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gridmon: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let ctl_common;
     let common = match &cli.command {
+        Command::Ctl(c) => {
+            ctl_common = c.bus.common();
+            &ctl_common
+        }
+        Command::Release(r) => &r.common,
+        Command::Keygen(_) => return ExitCode::SUCCESS,
         Command::Agent(c) => c,
         Command::Aggregate(a) => &a.common,
         Command::Simulate(s) => &s.common,
@@ -215,6 +305,29 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Ctl(c) => match ctl::run(config, c.args, shutdown_on_signal()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!("not every target succeeded")),
+                Err(e) => Err(e),
+            },
+            Command::Keygen(_) => Ok(()),
+            Command::Release(r) => match r.action {
+                ReleaseAction::Push {
+                    program,
+                    version,
+                    file,
+                    sign_key,
+                } => {
+                    let seed = match &sign_key {
+                        Some(p) => Some(release::load_seed(p)?),
+                        None => None,
+                    };
+                    release::run_push(&config, &program, &version, &file, seed.as_deref()).await
+                }
+                ReleaseAction::List { program } => {
+                    release::run_list(&config, program.as_deref()).await
+                }
+            },
             Command::Agent(_) => agent::run(config, shutdown_on_signal()).await,
             Command::Aggregate(_) => match aggregate_plan {
                 Some(plan) => aggregate::run(config, plan, shutdown_on_signal()).await,

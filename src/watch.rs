@@ -6,9 +6,10 @@
 use std::io::Write;
 
 use futures::StreamExt;
+use gridmon_nats::command::{AuditRecord, CommandReply};
 use gridmon_nats::connect::connect;
 use gridmon_nats::wire::{
-    self, AlarmEvent, Envelope, Event, Inventory, Kind, NodeReport, Rollup, WireError,
+    self, AlarmEvent, Envelope, Event, Inventory, Kind, NodeReport, ProgramEvent, Rollup, WireError,
 };
 use gridmon_nats::{Config, Parsed};
 use tokio_util::sync::CancellationToken;
@@ -122,6 +123,57 @@ fn render_summary(
             format!("{place} EVENT {:?}: {}", env.body.event, env.body.message)
         }
         Kind::ReportRequest => format!("{place} report request seq={}", header.seq),
+        Kind::CommandReply => {
+            let env: Envelope<CommandReply> = wire::decode(payload, Kind::CommandReply)?;
+            let r = &env.body;
+            format!(
+                "{place} reply {} {}{}",
+                r.op,
+                if r.ok {
+                    "ok"
+                } else {
+                    r.error.map_or("failed", |e| e.as_str())
+                },
+                if r.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.message)
+                }
+            )
+        }
+        Kind::Audit => {
+            let env: Envelope<AuditRecord> = wire::decode(payload, Kind::Audit)?;
+            let a = &env.body;
+            format!(
+                "{place} AUDIT {} {} {} by {} ({}){}",
+                a.phase.as_str(),
+                a.op,
+                a.program.as_deref().unwrap_or("-"),
+                a.issuer_name.as_deref().unwrap_or(&a.issuer),
+                if a.ok {
+                    "ok"
+                } else {
+                    a.error.map_or("", |e| e.as_str())
+                },
+                if a.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.message)
+                }
+            )
+        }
+        Kind::ProgramEvent => {
+            let env: Envelope<ProgramEvent> = wire::decode(payload, Kind::ProgramEvent)?;
+            let e = &env.body;
+            format!(
+                "{place} PROGRAM {} {} -> {} ({}){}",
+                e.program,
+                e.from.as_str(),
+                e.to.as_str(),
+                e.reason,
+                if e.alarm { " ALARM" } else { "" }
+            )
+        }
         Kind::Unknown => format!(
             "{place} {} seq={} (kind not known to this build)",
             subject, header.seq

@@ -201,6 +201,7 @@ fn host_report(rng: &mut Rng, node: usize) -> ReportView {
                 restarts: 0,
                 since_ms: BASE - 86_400_000,
                 version: Some("1.4.2".into()),
+                ..Default::default()
             })
             .collect(),
         agent: AgentStats {

@@ -19,6 +19,9 @@ use gridmon_nats::wire::{
 use gridmon_nats::{NodeId, Scope};
 
 /// What closing windows produces, in the order it should be published.
+// One rollup per scope per window, moved straight to the publisher: boxing it would add an
+// allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// A rollup of `scope` for one window; `close_ms` is when the window closed.

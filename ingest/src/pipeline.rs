@@ -576,6 +576,8 @@ fn flush(
         Table::Alarms => spawn!(alarms),
         Table::NodeEvents => spawn!(node_events),
         Table::Inventory => spawn!(inventory),
+        Table::ProcessEvents => spawn!(process_events),
+        Table::CommandAudit => spawn!(command_audit),
     };
     inflight.push(handle);
 }

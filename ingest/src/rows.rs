@@ -5,11 +5,19 @@
 //! counted, never allowed to fail the batch they travel in: a non-finite float becomes 0, an
 //! over-long string is cut at a character boundary, and a message whose own time is outside
 //! 1970–2200 is rejected whole (its rows would land in a nonsense partition).
+//!
+//! Two kinds share `<p>.event.…`: node liveness events (from aggregators) and program state
+//! transitions (from agents); the envelope's `kind` tells them apart. A kind this build does
+//! not know, on a subject whose kinds it routes this way, is skipped: a newer publisher's
+//! message, not a broken one.
 
 use clickhouse::Row;
+use gridmon_nats::command::AuditRecord;
+use gridmon_nats::identity::NodeId;
 use gridmon_nats::subject::{Family, Parsed, Scope, Subjects};
 use gridmon_nats::wire::{
-    self, AlarmEvent, Envelope, Event, Inventory, Kind, NodeReport, ProcessRow, Rollup, WireError,
+    self, AlarmEvent, Envelope, Event, ExitStatus, Inventory, Kind, NodeReport, ProcessRow,
+    ProgramEvent, Rollup, Source, WireError,
 };
 use serde::Serialize;
 
@@ -27,10 +35,12 @@ pub enum Table {
     Alarms,
     NodeEvents,
     Inventory,
+    ProcessEvents,
+    CommandAudit,
 }
 
 impl Table {
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::NodeMetrics,
         Table::DiskMetrics,
         Table::FsMetrics,
@@ -42,6 +52,8 @@ impl Table {
         Table::Alarms,
         Table::NodeEvents,
         Table::Inventory,
+        Table::ProcessEvents,
+        Table::CommandAudit,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -57,6 +69,8 @@ impl Table {
             Table::Alarms => "alarms",
             Table::NodeEvents => "node_events",
             Table::Inventory => "inventory",
+            Table::ProcessEvents => "process_events",
+            Table::CommandAudit => "command_audit",
         }
     }
 
@@ -64,6 +78,9 @@ impl Table {
         self as usize
     }
 }
+
+// A message's tables travel as a bit set in a u16 (`Outcome::Rows`, the pipeline's pending).
+const _: () = assert!(Table::ALL.len() <= 16);
 
 /// The earliest and latest message time accepted: 1970-01-01 and 2200-01-01, in ms.
 pub const MIN_TS_MS: i64 = 0;
@@ -345,6 +362,53 @@ pub struct InventoryRow {
     pub boot_time: i64,
 }
 
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct ProcessEventRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub program: String,
+    pub state_from: &'static str,
+    pub state_to: &'static str,
+    pub reason: String,
+    pub pid: Option<u32>,
+    /// `code`, `signal`, `unknown`, or empty when the transition was not an exit.
+    pub exit_how: &'static str,
+    /// The exit code or the signal number.
+    pub exit_value: Option<i32>,
+    pub restarts: u32,
+    /// Empty when the program does not run from releases.
+    pub version: String,
+    pub alarm: u8,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct CommandAuditRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub phase: &'static str,
+    pub request_id: String,
+    pub issuer: String,
+    /// Empty when the issuer has no configured name (likewise the other optional strings).
+    pub issuer_name: String,
+    pub on_behalf_of: String,
+    pub signed: u8,
+    pub op: String,
+    pub program: String,
+    pub args: String,
+    pub target: String,
+    pub ok: u8,
+    /// The [`ErrorKind`](gridmon_nats::command::ErrorKind), empty without an error.
+    pub error: &'static str,
+    pub message: String,
+    pub duration_us: u64,
+}
+
 /// A row type of one table; `msg` ties it to the bus message it came from.
 pub trait TableRow: for<'a> Row<Value<'a> = Self> + Serialize + Send + Sync + 'static {
     const TABLE: Table;
@@ -377,13 +441,16 @@ table_row!(RollupMetricRow, Table::RollupMetrics);
 table_row!(AlarmRow, Table::Alarms);
 table_row!(NodeEventRow, Table::NodeEvents);
 table_row!(InventoryRow, Table::Inventory);
+table_row!(ProcessEventRow, Table::ProcessEvents);
+table_row!(CommandAuditRow, Table::CommandAudit);
 
 /// What became of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Rows were added to these tables (a bit per [`Table::index`]).
     Rows(u16),
-    /// Not history: a command, a report request, an audit record before its table exists.
+    /// Not history (a command, a report request), or a kind this build does not know on the
+    /// event or audit subjects.
     Skipped,
     /// Malformed, of an unknown schema, or with an impossible time: counted, not stored.
     Rejected(Reject),
@@ -424,6 +491,8 @@ pub struct Rows {
     pub alarms: Vec<AlarmRow>,
     pub node_events: Vec<NodeEventRow>,
     pub inventory: Vec<InventoryRow>,
+    pub process_events: Vec<ProcessEventRow>,
+    pub command_audit: Vec<CommandAuditRow>,
 }
 
 impl Rows {
@@ -440,6 +509,8 @@ impl Rows {
             Table::Alarms => self.alarms.len(),
             Table::NodeEvents => self.node_events.len(),
             Table::Inventory => self.inventory.len(),
+            Table::ProcessEvents => self.process_events.len(),
+            Table::CommandAudit => self.command_audit.len(),
         }
     }
 
@@ -497,11 +568,22 @@ impl Converter {
                 (scope, kind)
             }
             Ok(Parsed::Other(Family::Alarm, scope)) => (scope, Kind::Alarm),
-            Ok(Parsed::Other(Family::Event, scope)) => (scope, Kind::Event),
+            // Node events (aggregators) and program events (agents) share the subject.
+            Ok(Parsed::Other(Family::Event, scope)) => match peek_kind(payload) {
+                Ok(Kind::ProgramEvent) => (scope, Kind::ProgramEvent),
+                Ok(Kind::Unknown) => return Outcome::Skipped,
+                // Any other kind is refused by the decode as the wrong one.
+                Ok(_) => (scope, Kind::Event),
+                Err(r) => return Outcome::Rejected(r),
+            },
+            Ok(Parsed::Other(Family::Audit, scope)) => match peek_kind(payload) {
+                Ok(Kind::Unknown) => return Outcome::Skipped,
+                Ok(_) => (scope, Kind::Audit),
+                Err(r) => return Outcome::Rejected(r),
+            },
             Ok(Parsed::Other(Family::Inventory, scope)) => (scope, Kind::Inventory),
-            // Commands and their requests are not history; audit records get their table
-            // with the command issue.
-            Ok(Parsed::Other(Family::Cmd | Family::Audit, _)) => return Outcome::Skipped,
+            // Commands and their requests are not history.
+            Ok(Parsed::Other(Family::Cmd, _)) => return Outcome::Skipped,
             Err(_) => return Outcome::Rejected(Reject::Subject),
         };
         let (scope, kind) = scope_kind;
@@ -510,6 +592,8 @@ impl Converter {
             Kind::Rollup => self.rollup(&scope, msg_id, payload, out),
             Kind::Alarm => self.alarm(&scope, msg_id, payload, out),
             Kind::Event => self.event(&scope, msg_id, payload, out),
+            Kind::ProgramEvent => self.program_event(&scope, msg_id, payload, out),
+            Kind::Audit => self.audit(&scope, msg_id, payload, out),
             Kind::Inventory => self.inventory(&scope, msg_id, payload, out),
             _ => Outcome::Skipped,
         }
@@ -543,10 +627,7 @@ impl Converter {
             Ok(e) => e,
             Err(r) => return Outcome::Rejected(r),
         };
-        if env.source.cluster != id.cluster
-            || env.source.group.as_deref() != Some(id.group.as_str())
-            || env.source.node.as_deref() != Some(id.node.as_str())
-        {
+        if !is_node(&env.source, id) {
             return Outcome::Rejected(Reject::Identity);
         }
         let msg = self.identify(msg_id, &env);
@@ -981,6 +1062,103 @@ impl Converter {
         Outcome::Rows(1 << Table::NodeEvents.index())
     }
 
+    fn program_event(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let Scope::Node(id) = scope else {
+            return Outcome::Rejected(Reject::Subject);
+        };
+        let env: Envelope<ProgramEvent> = match self.decode(payload, Kind::ProgramEvent) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        // Agents publish these about themselves.
+        if !is_node(&env.source, id) {
+            return Outcome::Rejected(Reject::Identity);
+        }
+        let msg = self.identify(msg_id, &env);
+        let e = &env.body;
+        // The transition's own time; a missing (0) or impossible one falls back to the
+        // envelope's, which decode has checked.
+        let ts = if e.ts_ms > MIN_TS_MS && e.ts_ms < MAX_TS_MS {
+            e.ts_ms
+        } else {
+            env.ts_ms
+        };
+        let (exit_how, exit_value) = match e.exit {
+            None => ("", None),
+            Some(ExitStatus::Code(c)) => ("code", Some(c)),
+            Some(ExitStatus::Signal(s)) => ("signal", Some(s)),
+            Some(ExitStatus::Unknown) => ("unknown", None),
+        };
+        out.process_events.push(ProcessEventRow {
+            ts,
+            cluster: id.cluster.clone(),
+            group_name: id.group.clone(),
+            node: id.node.clone(),
+            msg,
+            program: self.string(&e.program),
+            state_from: e.from.as_str(),
+            state_to: e.to.as_str(),
+            reason: self.string(&e.reason),
+            pid: e.pid,
+            exit_how,
+            exit_value,
+            restarts: e.restarts,
+            version: self.string(e.version.as_deref().unwrap_or("")),
+            alarm: u8::from(e.alarm),
+        });
+        Outcome::Rows(1 << Table::ProcessEvents.index())
+    }
+
+    fn audit(
+        &mut self,
+        scope: &Scope,
+        msg_id: Option<&str>,
+        payload: &[u8],
+        out: &mut Rows,
+    ) -> Outcome {
+        let Scope::Node(id) = scope else {
+            return Outcome::Rejected(Reject::Subject);
+        };
+        let env: Envelope<AuditRecord> = match self.decode(payload, Kind::Audit) {
+            Ok(e) => e,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        // The agent that acted (or refused) writes the record about itself.
+        if !is_node(&env.source, id) {
+            return Outcome::Rejected(Reject::Identity);
+        }
+        let msg = self.identify(msg_id, &env);
+        let a = &env.body;
+        out.command_audit.push(CommandAuditRow {
+            ts: env.ts_ms,
+            cluster: id.cluster.clone(),
+            group_name: id.group.clone(),
+            node: id.node.clone(),
+            msg,
+            phase: a.phase.as_str(),
+            request_id: self.string(&a.request_id),
+            issuer: self.string(&a.issuer),
+            issuer_name: self.string(a.issuer_name.as_deref().unwrap_or("")),
+            on_behalf_of: self.string(a.on_behalf_of.as_deref().unwrap_or("")),
+            signed: u8::from(a.signed),
+            op: self.string(&a.op),
+            program: self.string(a.program.as_deref().unwrap_or("")),
+            args: self.string(&a.args),
+            target: self.string(&a.target),
+            ok: u8::from(a.ok),
+            error: a.error.map_or("", |e| e.as_str()),
+            message: self.string(&a.message),
+            duration_us: a.duration_us,
+        });
+        Outcome::Rows(1 << Table::CommandAudit.index())
+    }
+
     fn inventory(
         &mut self,
         scope: &Scope,
@@ -1097,6 +1275,22 @@ impl Converter {
     }
 }
 
+/// The envelope's kind, read before the body where one subject carries several kinds.
+fn peek_kind(payload: &[u8]) -> Result<Kind, Reject> {
+    match wire::peek(payload) {
+        Ok(h) => Ok(h.kind),
+        Err(WireError::UnsupportedSchema(_)) => Err(Reject::UnknownSchema),
+        Err(_) => Err(Reject::Malformed),
+    }
+}
+
+/// Whether a message's source is the node its subject names.
+fn is_node(source: &Source, id: &NodeId) -> bool {
+    source.cluster == id.cluster
+        && source.group.as_deref() == Some(id.group.as_str())
+        && source.node.as_deref() == Some(id.node.as_str())
+}
+
 /// Cluster, group, node and level name of an alarm's scope.
 fn scope_parts(scope: &Scope) -> (String, String, String, &'static str) {
     match scope {
@@ -1125,10 +1319,10 @@ pub fn is_hardware_rule(rule: &str, metric: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gridmon_nats::identity::NodeId;
+    use gridmon_nats::command::{AuditPhase, ErrorKind};
     use gridmon_nats::wire::{
         AlarmAction, CpuMetrics, HostMetrics, Level, MemoryMetrics, MetricSummary, ProcessTable,
-        Source, SCHEMA_VERSION,
+        SCHEMA_VERSION,
     };
 
     fn conv() -> Converter {
@@ -1304,5 +1498,300 @@ mod tests {
             (a.duration_ms, a.hardware, a.scope),
             (Some(60_000), 1, "node")
         );
+    }
+
+    fn program_event() -> ProgramEvent {
+        ProgramEvent {
+            program: "worker-1".into(),
+            from: wire::ProgramState::Running,
+            to: wire::ProgramState::Crashed,
+            reason: "exited".into(),
+            pid: Some(4242),
+            exit: Some(ExitStatus::Signal(9)),
+            restarts: 3,
+            version: Some("1.4.2".into()),
+            ts_ms: 9_000,
+            alarm: true,
+        }
+    }
+
+    fn audit_record() -> AuditRecord {
+        AuditRecord {
+            phase: AuditPhase::Finished,
+            request_id: "0f1e2d".into(),
+            issuer: "UABC".into(),
+            issuer_name: Some("alice".into()),
+            on_behalf_of: None,
+            signed: true,
+            op: "restart".into(),
+            program: Some("worker-1".into()),
+            args: "x".repeat(100),
+            target: "c/g/n1".into(),
+            ok: false,
+            error: Some(ErrorKind::Failed),
+            message: "did not come up".into(),
+            duration_us: 1_500_000,
+        }
+    }
+
+    #[test]
+    fn program_events_and_node_events_share_the_event_subject() {
+        let mut c = conv();
+        let mut rows = Rows::default();
+        let payload = env(
+            Kind::ProgramEvent,
+            node_source("n1"),
+            10_000,
+            program_event(),
+        );
+        assert_eq!(
+            c.add_message("grid.event.c.g.n1", Some("pe-1"), &payload, &mut rows),
+            Outcome::Rows(1 << Table::ProcessEvents.index())
+        );
+        let e = &rows.process_events[0];
+        assert_eq!(
+            (
+                e.ts,
+                e.cluster.as_str(),
+                e.group_name.as_str(),
+                e.node.as_str()
+            ),
+            (9_000, "c", "g", "n1"),
+            "ts is the transition's own time"
+        );
+        assert_eq!(e.msg, msg_hash(b"pe-1"));
+        assert_eq!(
+            (
+                e.program.as_str(),
+                e.state_from,
+                e.state_to,
+                e.reason.as_str()
+            ),
+            ("worker-1", "running", "crashed", "exited")
+        );
+        assert_eq!(
+            (e.pid, e.exit_how, e.exit_value, e.restarts),
+            (Some(4242), "signal", Some(9), 3)
+        );
+        assert_eq!((e.version.as_str(), e.alarm), ("1.4.2", 1));
+
+        // No exit, no version, no time of its own: empty, NULL, the envelope's time.
+        let started = ProgramEvent {
+            program: "api".into(),
+            from: wire::ProgramState::Waiting,
+            to: wire::ProgramState::Starting,
+            ts_ms: 0,
+            ..Default::default()
+        };
+        let payload = env(Kind::ProgramEvent, node_source("n1"), 11_000, started);
+        c.add_message("grid.event.c.g.n1", None, &payload, &mut rows);
+        let e = &rows.process_events[1];
+        assert_eq!(
+            (
+                e.ts,
+                e.exit_how,
+                e.exit_value,
+                e.pid,
+                e.version.as_str(),
+                e.alarm
+            ),
+            (11_000, "", None, None, "", 0)
+        );
+        let exited = ProgramEvent {
+            exit: Some(ExitStatus::Code(0)),
+            ts_ms: 12_000,
+            ..Default::default()
+        };
+        let payload = env(Kind::ProgramEvent, node_source("n1"), 12_000, exited);
+        c.add_message("grid.event.c.g.n1", None, &payload, &mut rows);
+        assert_eq!(
+            (
+                rows.process_events[2].exit_how,
+                rows.process_events[2].exit_value
+            ),
+            ("code", Some(0))
+        );
+
+        // The aggregators' liveness events still go to node_events.
+        let offline = Event {
+            event: wire::EventKind::NodeOffline,
+            last_seen_ms: Some(7_000),
+            missed_intervals: 3,
+            message: "gone".into(),
+        };
+        let source = Source {
+            cluster: "c".into(),
+            group: Some("g".into()),
+            node: None,
+        };
+        let payload = env(Kind::Event, source, 10_000, offline);
+        assert_eq!(
+            c.add_message("grid.event.c.g.n1", None, &payload, &mut rows),
+            Outcome::Rows(1 << Table::NodeEvents.index())
+        );
+        assert_eq!(
+            (rows.node_events[0].event, rows.node_events[0].node.as_str()),
+            ("node_offline", "n1")
+        );
+        assert_eq!(rows.process_events.len(), 3);
+    }
+
+    #[test]
+    fn audit_records_keep_every_field() {
+        let mut c = conv();
+        let mut rows = Rows::default();
+        let payload = env(Kind::Audit, node_source("n1"), 20_000, audit_record());
+        assert_eq!(
+            c.add_message("grid.audit.c.g.n1", None, &payload, &mut rows),
+            Outcome::Rows(1 << Table::CommandAudit.index())
+        );
+        let a = &rows.command_audit[0];
+        assert_eq!(
+            (
+                a.ts,
+                a.cluster.as_str(),
+                a.group_name.as_str(),
+                a.node.as_str()
+            ),
+            (20_000, "c", "g", "n1")
+        );
+        assert_eq!(
+            a.msg,
+            msg_hash(b"c.g.n1:audit:1:1"),
+            "the envelope's own id"
+        );
+        assert_eq!(
+            (a.phase, a.request_id.as_str(), a.issuer.as_str()),
+            ("finished", "0f1e2d", "UABC")
+        );
+        assert_eq!(
+            (a.issuer_name.as_str(), a.on_behalf_of.as_str(), a.signed),
+            ("alice", "", 1)
+        );
+        assert_eq!(
+            (a.op.as_str(), a.program.as_str(), a.target.as_str()),
+            ("restart", "worker-1", "c/g/n1")
+        );
+        assert_eq!(
+            (a.ok, a.error, a.message.as_str(), a.duration_us),
+            (0, "failed", "did not come up", 1_500_000)
+        );
+        // 100 bytes of args cut to max_string_bytes (64).
+        assert_eq!(a.args, "x".repeat(64));
+        assert_eq!(c.repairs.cut_strings, 1);
+
+        let denied = AuditRecord {
+            phase: AuditPhase::Denied,
+            error: Some(ErrorKind::Denied),
+            program: None,
+            issuer_name: None,
+            on_behalf_of: Some("web:bob".into()),
+            ..audit_record()
+        };
+        let payload = env(Kind::Audit, node_source("n1"), 21_000, denied);
+        c.add_message("grid.audit.c.g.n1", None, &payload, &mut rows);
+        let a = &rows.command_audit[1];
+        assert_eq!(
+            (a.phase, a.error, a.program.as_str(), a.issuer_name.as_str()),
+            ("denied", "denied", "", "")
+        );
+        assert_eq!(a.on_behalf_of, "web:bob");
+    }
+
+    /// An envelope whose kind is a name this build does not know.
+    fn env_of_kind(kind: &str, body: impl Serialize) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Raw<'a, B> {
+            schema: u16,
+            kind: &'a str,
+            source: Source,
+            ts_ms: i64,
+            run_id: u64,
+            seq: u64,
+            body: B,
+        }
+        rmp_serde::to_vec_named(&Raw {
+            schema: SCHEMA_VERSION,
+            kind,
+            source: node_source("n1"),
+            ts_ms: 1_000,
+            run_id: 1,
+            seq: 1,
+            body,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_program_events_and_audit_records_are_refused_or_skipped() {
+        let mut c = conv();
+        let mut rows = Rows::default();
+        let check = |c: &mut Converter, rows: &mut Rows, subject: &str, payload: &[u8], want| {
+            assert_eq!(
+                c.add_message(subject, None, payload, rows),
+                want,
+                "{subject}"
+            );
+        };
+        // A newer publisher's kind on either subject: skipped (counted by the pipeline).
+        let newer = env_of_kind("program_event_v9", program_event());
+        check(
+            &mut c,
+            &mut rows,
+            "grid.event.c.g.n1",
+            &newer,
+            Outcome::Skipped,
+        );
+        check(
+            &mut c,
+            &mut rows,
+            "grid.audit.c.g.n1",
+            &newer,
+            Outcome::Skipped,
+        );
+        // A known kind that does not belong there.
+        let report = env(Kind::NodeReport, node_source("n1"), 1_000, report());
+        let wrong = Outcome::Rejected(Reject::WrongKind);
+        check(&mut c, &mut rows, "grid.event.c.g.n1", &report, wrong);
+        check(&mut c, &mut rows, "grid.audit.c.g.n1", &report, wrong);
+        // Another node's event, or one on a group subject.
+        let pe = env(
+            Kind::ProgramEvent,
+            node_source("n2"),
+            1_000,
+            program_event(),
+        );
+        let identity = Outcome::Rejected(Reject::Identity);
+        check(&mut c, &mut rows, "grid.event.c.g.n1", &pe, identity);
+        let au = env(Kind::Audit, node_source("n2"), 1_000, audit_record());
+        check(&mut c, &mut rows, "grid.audit.c.g.n1", &au, identity);
+        check(
+            &mut c,
+            &mut rows,
+            "grid.audit.c.g",
+            &au,
+            Outcome::Rejected(Reject::Subject),
+        );
+        // Garbage, a body of the wrong shape, a time before 1970.
+        let malformed = Outcome::Rejected(Reject::Malformed);
+        check(&mut c, &mut rows, "grid.event.c.g.n1", b"\xc1", malformed);
+        check(&mut c, &mut rows, "grid.audit.c.g.n1", b"", malformed);
+        let shapeless = env(Kind::ProgramEvent, node_source("n1"), 1_000, "not a map");
+        check(
+            &mut c,
+            &mut rows,
+            "grid.event.c.g.n1",
+            &shapeless,
+            malformed,
+        );
+        let old = env(Kind::Audit, node_source("n1"), -1, audit_record());
+        check(
+            &mut c,
+            &mut rows,
+            "grid.audit.c.g.n1",
+            &old,
+            Outcome::Rejected(Reject::Time),
+        );
+        assert_eq!(rows.total(), 0);
     }
 }

@@ -5,7 +5,7 @@
 //! two ingest workers starting at once, or a worker killed half-way, leave a correct schema:
 //! the next start runs the unrecorded migration again and records it. Applied versions are
 //! kept in `schema_migrations`. A migration, once released, never changes; new tables and
-//! columns come as new migrations (issue 5's `process_events` and `command_audit` will).
+//! columns come as new migrations (4 added issue 5's `process_events` and `command_audit`).
 //!
 //! Retention is not part of the migrations: it is configuration, reconciled on every start
 //! with `ALTER TABLE … MODIFY TTL` where the table's TTL differs from the config.
@@ -476,6 +476,59 @@ pub const MIGRATIONS: &[Migration] = &[
                 ORDER BY ts",
         ],
     },
+    Migration {
+        version: 4,
+        name: "program state transitions and the command audit",
+        statements: &[
+            // One row per state transition of a supervised program. Read per program over
+            // time ("what happened to worker-1 on n0004"), so a program's transitions sit
+            // together; the states, reasons and versions are a small vocabulary.
+            concat!(
+                "CREATE TABLE IF NOT EXISTS {db}.process_events (",
+                ident_cols!(),
+                "program LowCardinality(String),
+                state_from LowCardinality(String),
+                state_to LowCardinality(String),
+                reason LowCardinality(String),
+                pid Nullable(UInt32) CODEC(ZSTD(1)),
+                exit_how LowCardinality(String),
+                exit_value Nullable(Int32) CODEC(ZSTD(1)),
+                restarts UInt32 CODEC(T64, ZSTD(1)),
+                version LowCardinality(String),
+                alarm UInt8
+                ) ENGINE = MergeTree
+                PARTITION BY toDate(ts)
+                ORDER BY (cluster, group_name, node, program, ts)
+                SETTINGS non_replicated_deduplication_window = 1000"
+            ),
+            // Every audit record agents publish: denied, accepted and finished commands. Few
+            // rows; read per node ("what was done to n0004") or fleet-wide over a time range,
+            // which the day partitions serve. request_id last keeps one command's records in
+            // their order of arrival.
+            concat!(
+                "CREATE TABLE IF NOT EXISTS {db}.command_audit (",
+                ident_cols!(),
+                "phase LowCardinality(String),
+                request_id String CODEC(ZSTD(1)),
+                issuer LowCardinality(String),
+                issuer_name LowCardinality(String),
+                on_behalf_of LowCardinality(String),
+                signed UInt8,
+                op LowCardinality(String),
+                program LowCardinality(String),
+                args String CODEC(ZSTD(3)),
+                target LowCardinality(String),
+                ok UInt8,
+                error LowCardinality(String),
+                message String CODEC(ZSTD(3)),
+                duration_us UInt64 CODEC(T64, ZSTD(1))
+                ) ENGINE = MergeTree
+                PARTITION BY toDate(ts)
+                ORDER BY (cluster, group_name, node, ts, request_id)
+                SETTINGS non_replicated_deduplication_window = 1000"
+            ),
+        ],
+    },
 ];
 
 /// The table that records applied migrations.
@@ -500,6 +553,8 @@ pub fn retention_plan(r: &RetentionConfig) -> Vec<(&'static str, Duration)> {
         ("rollup_metrics", r.rollups),
         ("alarms", r.events),
         ("node_events", r.events),
+        ("process_events", r.process_events),
+        ("command_audit", r.command_audit),
         ("node_metrics_1m", r.minute),
         ("process_metrics_1m", r.minute),
         ("sensor_readings_1m", r.minute),

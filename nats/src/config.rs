@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{hostname_token, validate_token, NodeId, TokenError};
 use crate::subject::Subjects;
 
+mod commands;
 mod ingest;
+mod releases;
+pub use commands::*;
+pub use gridmon_commands::spec::{ProgramSpec, SupervisorConfig};
 pub use ingest::*;
+pub use releases::*;
 
 /// A secret from config: never printed by `Debug` or `Display`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +83,9 @@ pub struct NatsConfig {
     pub tls_required: bool,
     /// The connection name shown by the server's monitoring; defaults to `gridmon-<role>-<node>`.
     pub name: Option<String>,
+    /// Where replies to this client's requests arrive (default `_INBOX`). Give each identity its
+    /// own (`_INBOX.alice`) so permissions can keep others' replies private (`docs/security.md`).
+    pub inbox_prefix: Option<String>,
     /// The first token(s) of every subject.
     pub prefix: String,
     pub delivery: Delivery,
@@ -105,6 +113,7 @@ impl Default for NatsConfig {
             tls_key: None,
             tls_required: false,
             name: None,
+            inbox_prefix: None,
             prefix: "grid".into(),
             delivery: Delivery::Auto,
             ack_timeout: Duration::from_secs(5),
@@ -336,6 +345,11 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     pub clickhouse: ClickHouseConfig,
     pub ingest: IngestConfig,
+    pub commands: CommandsConfig,
+    pub supervisor: SupervisorConfig,
+    /// The supervised worker programs, by name (`[programs.<name>]`).
+    pub programs: std::collections::BTreeMap<String, ProgramSpec>,
+    pub releases: ReleasesConfig,
 }
 
 /// Settings given on the command line; `None` leaves the layer below in force.
@@ -412,6 +426,12 @@ impl Config {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
         if let Some(v) = get("NATS_URL") {
             self.nats.servers = split_list(&v);
+        }
+        if let Some(v) = get("GRIDMON_KEY_FILE") {
+            self.commands.key_file = Some(v.into());
+        }
+        if let Some(v) = get("GRIDMON_INBOX_PREFIX") {
+            self.nats.inbox_prefix = Some(v);
         }
         if let Some(v) = get("GRIDMON_NATS_USER") {
             self.nats.user = Some(v);
@@ -498,6 +518,12 @@ impl Config {
         self.node_id()?;
         self.clickhouse.validate()?;
         self.ingest.validate()?;
+        self.commands.validate()?;
+        self.releases
+            .validate()
+            .map_err(|m| invalid("releases", m))?;
+        gridmon_commands::spec::validate(&self.supervisor, &self.programs)
+            .map_err(|e| invalid("programs", e.to_string()))?;
         let n = &self.nats;
         if n.servers.is_empty() {
             return Err(invalid("nats.servers", "at least one server URL is needed"));
@@ -525,6 +551,18 @@ impl Config {
                 return Err(invalid(
                     "nats.nkey_seed",
                     "a user nkey seed starts with \"SU\"",
+                ));
+            }
+        }
+        if let Some(p) = &n.inbox_prefix {
+            if p.is_empty()
+                || p.split('.').any(|t| {
+                    t.is_empty() || t.contains(['*', '>']) || t.contains(char::is_whitespace)
+                })
+            {
+                return Err(invalid(
+                    "nats.inbox_prefix",
+                    "dot-separated tokens without wildcards or spaces",
                 ));
             }
         }

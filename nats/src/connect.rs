@@ -66,6 +66,9 @@ pub async fn options(cfg: &NatsConfig, default_name: &str) -> Result<ConnectOpti
     if cfg.tls_required {
         o = o.require_tls(true);
     }
+    if let Some(p) = &cfg.inbox_prefix {
+        o = o.custom_inbox_prefix(p.clone());
+    }
     let max = cfg.reconnect_max_delay;
     Ok(
         o.name(cfg.name.clone().unwrap_or_else(|| default_name.to_string()))

@@ -479,19 +479,42 @@ async fn open_bucket(
     if let Ok(store) = js.get_key_value(cfg.bucket.as_str()).await {
         return Ok(store);
     }
-    // `Context::create_key_value` cannot be used with a 2.9 server: it first asks for the account
-    // info, which async-nats 0.51 cannot parse without the 2.10 fields `reserved_memory` and
-    // `reserved_storage`. So the bucket's stream is created as async-nats would create it
-    // (`kv_to_stream_config`: `KV_<bucket>` over `$KV.<bucket>.>`); these are the bucket's own
-    // stream subjects, not gridmon subjects.
+    ensure_bucket(
+        js,
+        &cfg.bucket,
+        "gridmon leader leases",
+        cfg.ttl.saturating_mul(10),
+    )
+    .await
+    .map_err(|source| LeaderError::Bucket {
+        bucket: cfg.bucket.clone(),
+        source,
+    })
+}
+
+/// Opens a KV bucket, creating it (one value per key, entries dropped after `max_age`) if needed.
+///
+/// `Context::create_key_value` cannot be used with a 2.9 server: it first asks for the account
+/// info, which async-nats 0.51 cannot parse without the 2.10 fields `reserved_memory` and
+/// `reserved_storage`. So the bucket's stream is created as async-nats would create it
+/// (`kv_to_stream_config`: `KV_<bucket>` over `$KV.<bucket>.>`); these are the bucket's own
+/// stream subjects, not gridmon subjects.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, Box<dyn std::error::Error + Send + Sync>> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
     let created = js
         .create_stream(stream::Config {
-            name: format!("KV_{}", cfg.bucket),
-            description: Some("gridmon leader leases".into()),
-            subjects: vec![format!("$KV.{}.>", cfg.bucket)],
+            name: format!("KV_{bucket}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
-            // Garbage collection only; takeover never waits for it.
-            max_age: cfg.ttl.saturating_mul(10),
+            max_age,
             storage: StorageType::File,
             num_replicas: 1,
             discard: DiscardPolicy::New,
@@ -501,20 +524,10 @@ async fn open_bucket(
             ..Default::default()
         })
         .await;
-    let bucket = |source: Box<dyn std::error::Error + Send + Sync>| LeaderError::Bucket {
-        bucket: cfg.bucket.clone(),
-        source,
-    };
     match created {
-        Ok(_) => js
-            .get_key_value(cfg.bucket.as_str())
-            .await
-            .map_err(|e| bucket(e.into())),
-        // A peer created it at the same time with another config (e.g. another ttl): use theirs.
-        Err(e) => js
-            .get_key_value(cfg.bucket.as_str())
-            .await
-            .map_err(|_| bucket(e.into())),
+        Ok(_) => Ok(js.get_key_value(bucket).await?),
+        // A peer created it at the same time with another config: use theirs.
+        Err(e) => js.get_key_value(bucket).await.map_err(|_| e.into()),
     }
 }
 

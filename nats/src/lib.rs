@@ -3,12 +3,15 @@
 //! This is the only crate that knows the wire encoding (MessagePack maps, [`wire`]) and the
 //! subject grammar ([`subject`]). The collectors produce plain data; this crate frames and ships it.
 
+pub mod command;
 pub mod config;
 pub mod connect;
 pub mod frame;
+pub mod guard;
 pub mod identity;
 pub mod leader;
 pub mod publish;
+pub mod registry;
 pub mod sketch;
 pub mod skim;
 pub mod subject;

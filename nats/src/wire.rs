@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::sketch::Sketch;
 pub use gridmon_collectors::model::*;
+pub use gridmon_commands::model::*;
 
 use crate::identity::NodeId;
 
@@ -34,6 +35,13 @@ pub enum Kind {
     /// [`ReportRequest`] on `<p>.cmd.<cluster>[.<group>[.<node>]]`; agents reply with their
     /// latest `node_report` envelope.
     ReportRequest,
+    /// [`CommandReply`](crate::command::CommandReply): an agent's answer to a command.
+    CommandReply,
+    /// [`AuditRecord`](crate::command::AuditRecord) on `<p>.audit.<cluster>.<group>.<node>`.
+    Audit,
+    /// [`ProgramEvent`] (a supervised program changed state) on
+    /// `<p>.event.<cluster>.<group>.<node>`.
+    ProgramEvent,
     /// A kind this build does not know (a newer publisher's).
     #[serde(other)]
     Unknown,
@@ -48,6 +56,9 @@ impl Kind {
             Self::Alarm => "alarm",
             Self::Event => "event",
             Self::ReportRequest => "report_request",
+            Self::CommandReply => "command_reply",
+            Self::Audit => "audit",
+            Self::ProgramEvent => "program_event",
             Self::Unknown => "unknown",
         }
     }
@@ -126,64 +137,17 @@ pub struct NodeReport {
     pub agent: AgentStats,
 }
 
-/// The state of a supervised worker program.
-///
-/// `crashed` (exited unexpectedly, a restart is pending or under way) and `error` (gave up: the
-/// restart limit was hit or it cannot be started) are the failure states alarms watch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProgramState {
-    Starting,
-    Running,
-    /// Running with reduced function on operator request.
-    Degraded,
-    Stopping,
-    Stopped,
-    Crashed,
-    Error,
-    #[default]
-    #[serde(other)]
-    Unknown,
-}
-
-impl ProgramState {
-    /// The name on the wire and in ClickHouse.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Running => "running",
-            Self::Degraded => "degraded",
-            Self::Stopping => "stopping",
-            Self::Stopped => "stopped",
-            Self::Crashed => "crashed",
-            Self::Error => "error",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// One supervised program in a node report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ProgramStatus {
-    pub name: String,
-    pub state: ProgramState,
-    pub pid: Option<u32>,
-    /// Restarts after a crash since the supervisor started.
-    pub restarts: u32,
-    /// When the program entered `state`, ms since the Unix epoch.
-    pub since_ms: i64,
-    /// Deployed code version, when known.
-    pub version: Option<String>,
-}
-
 /// Count of supervised programs per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProgramCounts {
     pub starting: u32,
+    pub waiting: u32,
     pub running: u32,
+    pub busy: u32,
     pub degraded: u32,
+    pub deploying: u32,
+    pub upgrading: u32,
     pub stopping: u32,
     pub stopped: u32,
     pub crashed: u32,
@@ -192,17 +156,25 @@ pub struct ProgramCounts {
 }
 
 impl ProgramCounts {
-    pub fn add(&mut self, s: ProgramState, n: u32) {
-        let slot = match s {
+    fn slot(&mut self, s: ProgramState) -> &mut u32 {
+        match s {
             ProgramState::Starting => &mut self.starting,
+            ProgramState::Waiting => &mut self.waiting,
             ProgramState::Running => &mut self.running,
+            ProgramState::Busy => &mut self.busy,
             ProgramState::Degraded => &mut self.degraded,
+            ProgramState::Deploying => &mut self.deploying,
+            ProgramState::Upgrading => &mut self.upgrading,
             ProgramState::Stopping => &mut self.stopping,
             ProgramState::Stopped => &mut self.stopped,
             ProgramState::Crashed => &mut self.crashed,
             ProgramState::Error => &mut self.error,
             ProgramState::Unknown => &mut self.unknown,
-        };
+        }
+    }
+
+    pub fn add(&mut self, s: ProgramState, n: u32) {
+        let slot = self.slot(s);
         *slot = slot.saturating_add(n);
     }
 
@@ -212,18 +184,11 @@ impl ProgramCounts {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (ProgramState, u32)> {
-        [
-            (ProgramState::Starting, self.starting),
-            (ProgramState::Running, self.running),
-            (ProgramState::Degraded, self.degraded),
-            (ProgramState::Stopping, self.stopping),
-            (ProgramState::Stopped, self.stopped),
-            (ProgramState::Crashed, self.crashed),
-            (ProgramState::Error, self.error),
-            (ProgramState::Unknown, self.unknown),
-        ]
-        .into_iter()
+    pub fn iter(&self) -> impl Iterator<Item = (ProgramState, u32)> + '_ {
+        let mut copy = *self;
+        ProgramState::ALL
+            .into_iter()
+            .map(move |s| (s, *copy.slot(s)))
     }
 
     /// Programs in a failure state (`crashed` + `error`).

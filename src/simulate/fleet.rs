@@ -372,6 +372,8 @@ impl SimNode {
                 restarts: 0,
                 since_ms: programs_since_ms,
                 version: Some("2.3.1".into()),
+                started_ms: Some(programs_since_ms),
+                ..Default::default()
             })
             .collect();
         let (sensor_sim, sensors) = SensorSim::new(&mut rng);

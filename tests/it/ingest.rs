@@ -678,6 +678,9 @@ async fn migrations_are_concurrent_safe_and_retention_follows_the_config() {
     };
     assert!(engine("process_metrics").await.contains("toIntervalDay(3)"));
     assert!(engine("node_metrics").await.contains("toIntervalDay(30)"));
+    // Migration 4's tables, with their own retention keys' defaults.
+    assert!(engine("process_events").await.contains("toIntervalDay(90)"));
+    assert!(engine("command_audit").await.contains("toIntervalDay(365)"));
     assert!(
         !engine("node_metrics_1h").await.contains(" TTL "),
         "0s keeps rows forever"
@@ -771,7 +774,14 @@ async fn a_backup_restores() {
         .unwrap()
         .into_iter()
         .collect();
-    assert!(tables.contains("process_metrics_1m") && tables.contains("inventory"));
+    for table in [
+        "process_metrics_1m",
+        "inventory",
+        "process_events",
+        "command_audit",
+    ] {
+        assert!(tables.contains(table), "{table} not restored: {tables:?}");
+    }
 }
 
 /// A TCP proxy in front of a real ClickHouse server, to cut it off as an outage would.

@@ -3,11 +3,13 @@
 
 mod agent;
 mod aggregate;
+mod commands;
 mod config;
 mod ingest;
 mod outage;
 mod python;
 mod queries;
+mod releases;
 
 use std::path::Path;
 use std::process::Stdio;

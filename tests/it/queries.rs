@@ -6,6 +6,10 @@
 //! Run A injects faults in c02: n0002 goes silent (offline), n0004 overheats, loses its CPU fan
 //! and crash-loops `worker-1` (a new process every report), n0006 loses its CPU fan. Run B
 //! follows with 5 nodes and no faults: n0002 comes back online, n0006 is gone for good.
+//!
+//! The simulator has no supervisor, so the test itself publishes what agents' supervisors
+//! would: program state transitions and command audit records (`publish_supervision`), framed
+//! and addressed like the agent's, for the `process_events` and `command_audit` queries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -15,9 +19,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use gridmon_nats::frame::now_ms;
+use gridmon_nats::command::{AuditPhase, AuditRecord, ErrorKind};
+use gridmon_nats::frame::{now_ms, Framer};
+use gridmon_nats::identity::NodeId;
+use gridmon_nats::subject::{Family, Scope, Subjects};
 use gridmon_nats::wire::{
-    self, AlarmAction, AlarmEvent, Envelope, Event, EventKind, Inventory, Kind, NodeReport,
+    self, AlarmAction, AlarmEvent, Envelope, Event, EventKind, ExitStatus, Inventory, Kind,
+    NodeReport, ProgramEvent, ProgramState, Source,
 };
 use gridmon_tests::clickhouse::{ClickHouse, TestDb};
 use gridmon_tests::eventually;
@@ -131,6 +139,8 @@ async fn every_query_in_the_docs_answers_what_the_fleet_published() {
     // The aggregator first, so no node goes stale for want of reports once B stops.
     stop(&mut aggregate).await;
     stop(&mut sim_b).await;
+    let published_at = now_ms();
+    publish_supervision(&client, published_at).await;
 
     let last = eventually(
         Duration::from_secs(30),
@@ -158,11 +168,15 @@ async fn every_query_in_the_docs_answers_what_the_fleet_published() {
         names,
         BTreeSet::from([
             "cluster_trend",
+            "command_history",
+            "denied_commands",
             "fault_frequency",
             "fault_points",
             "inventory_per_cluster",
             "offline_periods",
             "process_runs",
+            "program_restarts",
+            "programs_in_error",
             "top_cpu_nodes",
         ]),
         "the queries of docs/queries.md"
@@ -191,6 +205,36 @@ async fn every_query_in_the_docs_answers_what_the_fleet_published() {
     check_inventory(&run(&db, &sql("inventory_per_cluster")).await, &p);
     let before = now_ms();
     check_offline_periods(&run(&db, &sql("offline_periods")).await, &p, before);
+    check_program_restarts(&run(&db, &sql("program_restarts")).await, &p, published_at);
+    check_programs_in_error(
+        &run(&db, &sql("programs_in_error")).await,
+        &p,
+        published_at,
+        now_ms(),
+    );
+    check_denied_commands(
+        &run(&db, &sql("denied_commands")).await,
+        &p,
+        published_at,
+        now_ms(),
+    );
+    let history = sql("command_history");
+    check_command_history(&run(&db, &history).await, &p, published_at, now_ms());
+    let restarts_only = replace(
+        &history,
+        "AND ts >= now()",
+        "AND op = 'restart' AND ts >= now()",
+    );
+    let restarts = run(&db, &restarts_only).await;
+    assert_eq!(
+        restarts
+            .iter()
+            .map(|r| text(&r["request_id"]))
+            .filter(|id| id.starts_with("r-"))
+            .collect::<Vec<_>>(),
+        ["r-1"],
+        "the doc's restarts-only variant: {restarts:?}"
+    );
 
     stop(&mut ingest).await;
     let all = logs(dir);
@@ -326,6 +370,210 @@ async fn wait_seen(seen: &Arc<Mutex<Seen>>, what: &str, done: impl Fn(&Seen) -> 
     .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", seen.lock().unwrap(), logs(dir)));
 }
 
+// ---- what agents' supervisors would publish ----
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Program transitions and audit records on nodes of the simulated fleet, published as an agent
+/// publishes them: one framer per node, `<p>.event.…` and `<p>.audit.…`, with `Nats-Msg-Id`.
+/// The program names and issuers are not the simulator's, so the checks below can name them.
+///
+/// - `ledger` on c02/n0004 crash-loops: killed by a signal, backoff, restarted, crashes twice
+///   more and ends in `error`;
+/// - `api` on c01/n0001 crashes into `error` (health), and an operator brings it back; two days
+///   earlier it was in `error` once (outside the 24-hour query, inside the 30-day one);
+/// - `cache` on c01/n0003 only starts, in order (in neither program query).
+/// - Audit: `UEVE` is refused twice (unknown issuer, on n0004 and n0002), alice once (policy);
+///   a denial ten days old is outside the 7-day window; alice restarts `ledger` for carol
+///   (`r-1`, ok), bob's deploy of `api` fails (`r-2`); a `status` (`r-3`) is not a change.
+async fn publish_supervision(client: &async_nats::Client, now: i64) {
+    use ProgramState as S;
+    let mut agents = Agents::new(now);
+    let secs = |ago: i64| now - ago * 1000;
+    #[rustfmt::skip]
+    let transitions = [
+        ("c02", "n0004", "ledger", secs(600), S::Running, S::Crashed, "exited", Some(5001), Some(ExitStatus::Signal(9)), 0, false),
+        ("c02", "n0004", "ledger", secs(590), S::Crashed, S::Waiting, "backoff", None, None, 0, false),
+        ("c02", "n0004", "ledger", secs(580), S::Waiting, S::Starting, "spawned", Some(5002), None, 1, false),
+        ("c02", "n0004", "ledger", secs(570), S::Starting, S::Running, "started", Some(5002), None, 1, false),
+        ("c02", "n0004", "ledger", secs(560), S::Running, S::Crashed, "exited", Some(5002), Some(ExitStatus::Code(1)), 1, false),
+        ("c02", "n0004", "ledger", secs(550), S::Crashed, S::Starting, "spawned", Some(5003), None, 2, false),
+        ("c02", "n0004", "ledger", secs(540), S::Starting, S::Crashed, "exited", Some(5003), Some(ExitStatus::Code(1)), 2, true),
+        ("c02", "n0004", "ledger", secs(530), S::Crashed, S::Error, "start limit", None, None, 2, true),
+        ("c01", "n0001", "api", now - 2 * DAY_MS, S::Running, S::Error, "start limit", None, None, 7, true),
+        ("c01", "n0001", "api", secs(500), S::Running, S::Crashed, "exited", Some(7001), Some(ExitStatus::Code(2)), 4, false),
+        ("c01", "n0001", "api", secs(495), S::Crashed, S::Error, "health failed", None, None, 4, true),
+        ("c01", "n0001", "api", secs(480), S::Error, S::Starting, "command restart", Some(7002), None, 4, false),
+        ("c01", "n0001", "api", secs(475), S::Starting, S::Running, "started", Some(7002), None, 4, false),
+        ("c01", "n0003", "cache", secs(460), S::Stopped, S::Starting, "spawned", Some(8001), None, 0, false),
+        ("c01", "n0003", "cache", secs(455), S::Starting, S::Running, "started", Some(8001), None, 0, false),
+        ("c01", "n0003", "cache", secs(450), S::Running, S::Stopping, "command stop", Some(8001), None, 0, false),
+        ("c01", "n0003", "cache", secs(445), S::Stopping, S::Stopped, "exited", None, Some(ExitStatus::Code(0)), 0, false),
+    ];
+    for (c, n, program, ts_ms, from, to, reason, pid, exit, restarts, alarm) in transitions {
+        let e = ProgramEvent {
+            program: program.into(),
+            from,
+            to,
+            reason: reason.into(),
+            pid,
+            exit,
+            restarts,
+            version: (program == "api").then(|| "1.2.2".to_string()),
+            ts_ms,
+            alarm,
+        };
+        agents.frame(c, n, Family::Event, Kind::ProgramEvent, ts_ms, e);
+    }
+
+    let record = |phase, id: &str, issuer: &str, name: Option<&str>, op: &str| AuditRecord {
+        phase,
+        request_id: id.into(),
+        issuer: issuer.into(),
+        issuer_name: name.map(Into::into),
+        signed: true,
+        op: op.into(),
+        ..Default::default()
+    };
+    let denied = |(id, issuer, name, op, program, target, why): (
+        &str,
+        &str,
+        Option<&str>,
+        &str,
+        Option<&str>,
+        &str,
+        &str,
+    )| AuditRecord {
+        program: program.map(Into::into),
+        target: target.into(),
+        error: Some(ErrorKind::Denied),
+        message: why.into(),
+        duration_us: 40,
+        ..record(AuditPhase::Denied, id, issuer, name, op)
+    };
+    #[rustfmt::skip]
+    let denials = [
+        ("c01", "n0001", now - 10 * DAY_MS, ("d-0", "UEVE", None, "restart", Some("api"), "c01/g01/n0001", "unknown issuer")),
+        ("c02", "n0004", secs(420), ("d-1", "UEVE", None, "restart", Some("ledger"), "c02/g01/n0004", "unknown issuer")),
+        ("c02", "n0002", secs(415), ("d-2", "UEVE", None, "stop", Some("ledger"), "c02/g01", "unknown issuer")),
+        ("c01", "n0001", secs(410), ("d-3", "UALICE", Some("alice"), "shutdown", None, "c01/g01/n0001", "not allowed by policy")),
+    ];
+    for (c, n, ts_ms, d) in denials {
+        agents.frame(c, n, Family::Audit, Kind::Audit, ts_ms, denied(d));
+    }
+    let restart = AuditRecord {
+        program: Some("ledger".into()),
+        target: "c02/g01/n0004".into(),
+        on_behalf_of: Some("web:carol".into()),
+        ..record(
+            AuditPhase::Accepted,
+            "r-1",
+            "UALICE",
+            Some("alice"),
+            "restart",
+        )
+    };
+    let deploy = AuditRecord {
+        program: Some("api".into()),
+        args: "version=1.2.3".into(),
+        target: "c01/g01/n0001".into(),
+        ..record(AuditPhase::Accepted, "r-2", "UBOB", Some("bob"), "deploy")
+    };
+    let status = AuditRecord {
+        target: "c01/g01/n0003".into(),
+        ..record(AuditPhase::Accepted, "r-3", "UBOB", Some("bob"), "status")
+    };
+    let finished =
+        |accepted: &AuditRecord, ok: bool, error, message: &str, duration_us| AuditRecord {
+            phase: AuditPhase::Finished,
+            ok,
+            error,
+            message: message.into(),
+            duration_us,
+            ..accepted.clone()
+        };
+    let failed = "health check failed; rolled back to 1.2.2";
+    let records = [
+        ("c02", "n0004", secs(400), restart.clone()),
+        (
+            "c02",
+            "n0004",
+            secs(399),
+            finished(&restart, true, None, "restarted", 850_000),
+        ),
+        ("c01", "n0001", secs(300), deploy.clone()),
+        (
+            "c01",
+            "n0001",
+            secs(290),
+            finished(&deploy, false, Some(ErrorKind::Failed), failed, 9_876_543),
+        ),
+        ("c01", "n0003", secs(281), status.clone()),
+        (
+            "c01",
+            "n0003",
+            secs(280),
+            finished(&status, true, None, "", 95),
+        ),
+    ];
+    for (c, n, ts_ms, a) in records {
+        agents.frame(c, n, Family::Audit, Kind::Audit, ts_ms, a);
+    }
+    agents.publish(client).await;
+}
+
+/// Frames messages as the agents of the fleet would: one framer (one sequence per kind) per node.
+struct Agents {
+    subjects: Subjects,
+    run_id: u64,
+    framers: BTreeMap<NodeId, Framer>,
+    out: Vec<gridmon_nats::publish::Outgoing>,
+}
+
+impl Agents {
+    fn new(run_id_ms: i64) -> Self {
+        Self {
+            subjects: Subjects::new("grid").unwrap(),
+            run_id: run_id_ms as u64,
+            framers: BTreeMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn frame<B: serde::Serialize>(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        family: Family,
+        kind: Kind,
+        ts_ms: i64,
+        body: B,
+    ) {
+        let id = NodeId::new(cluster, "g01", node).unwrap();
+        let subject = self.subjects.family(family, &Scope::Node(id.clone()));
+        let run_id = self.run_id;
+        let framer = self
+            .framers
+            .entry(id.clone())
+            .or_insert_with(|| Framer::new(Source::from(&id), run_id));
+        self.out
+            .push(framer.frame(kind, subject, ts_ms, body).unwrap());
+    }
+
+    /// With `Nats-Msg-Id`, then a flush: how agents publish to the ingest's `no_ack` stream.
+    async fn publish(self, client: &async_nats::Client) {
+        for o in self.out {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, o.msg_id.as_str());
+            client
+                .publish_with_headers(o.subject, headers, o.payload)
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    }
+}
+
 // ---- what was published ----
 
 /// Everything the stream holds that the queries read, decoded, in stream order.
@@ -336,6 +584,8 @@ struct Published {
     /// Place of the alarm's scope (group and node empty above them).
     alarms: Vec<(Place, AlarmEvent)>,
     events: Vec<(Place, Envelope<Event>)>,
+    program_events: Vec<(Place, Envelope<ProgramEvent>)>,
+    audits: Vec<(Place, Envelope<AuditRecord>)>,
 }
 
 impl Published {
@@ -392,12 +642,27 @@ async fn read_stream(js: &jetstream::Context, last: u64) -> Published {
                 p.events
                     .push((place(2), wire::decode(&m.payload, Kind::Event).unwrap()));
             }
+            Kind::ProgramEvent => {
+                assert_eq!(t[1], "event");
+                p.program_events.push((
+                    place(2),
+                    wire::decode(&m.payload, Kind::ProgramEvent).unwrap(),
+                ));
+            }
+            Kind::Audit => {
+                assert_eq!(t[1], "audit");
+                p.audits
+                    .push((place(2), wire::decode(&m.payload, Kind::Audit).unwrap()));
+            }
             _ => {}
         }
     }
     let nodes: BTreeSet<&str> = p.reports.iter().map(|(pl, _)| pl.2.as_str()).collect();
     assert_eq!(nodes.len(), 6, "{nodes:?}");
     assert_eq!(p.latest_inventories().len(), 6);
+    // At least what publish_supervision sent.
+    assert!(p.program_events.len() >= 17, "{:?}", p.program_events);
+    assert!(p.audits.len() >= 10, "{:?}", p.audits);
     p
 }
 
@@ -410,6 +675,8 @@ async fn wait_for_rows(db: &TestDb, p: &Published, dir: &Path) {
         p.alarms.len() as u64,
         p.events.len() as u64,
         inventory_ts,
+        p.program_events.len() as u64,
+        p.audits.len() as u64,
     );
     let sql = format!(
         "SELECT
@@ -419,7 +686,9 @@ async fn wait_for_rows(db: &TestDb, p: &Published, dir: &Path) {
             (SELECT count() FROM {db}.process_metrics) AS process_rows,
             (SELECT count() FROM {db}.alarms) AS alarms,
             (SELECT count() FROM {db}.node_events) AS events,
-            (SELECT sum(toUnixTimestamp64Milli(ts)) FROM {db}.inventory FINAL) AS inventory_ts",
+            (SELECT sum(toUnixTimestamp64Milli(ts)) FROM {db}.inventory FINAL) AS inventory_ts,
+            (SELECT count() FROM {db}.process_events) AS program_events,
+            (SELECT count() FROM {db}.command_audit) AS audits",
         db = db.name
     );
     let got = eventually(
@@ -434,6 +703,8 @@ async fn wait_for_rows(db: &TestDb, p: &Published, dir: &Path) {
                 uint(&r["alarms"]),
                 uint(&r["events"]),
                 int(&r["inventory_ts"]),
+                uint(&r["program_events"]),
+                uint(&r["audits"]),
             );
             (got == want).then_some(r.clone())
         },
@@ -1032,4 +1303,451 @@ fn check_offline_periods(rows: &[Json], p: &Published, queried_at_ms: i64) {
             .is_some_and(|p| p.back_online.is_none() && p.last_report.is_some()),
         "{got:?}"
     );
+}
+
+/// A transition's `ts` as the ingest stores it: its own time, else the envelope's.
+fn transition_ts(e: &Envelope<ProgramEvent>) -> i64 {
+    if e.body.ts_ms > 0 {
+        e.body.ts_ms
+    } else {
+        e.ts_ms
+    }
+}
+
+/// The program events of the stream: (place, program, ts, event).
+fn transitions(p: &Published) -> Vec<(&Place, &str, i64, &ProgramEvent)> {
+    p.program_events
+        .iter()
+        .map(|(place, e)| (place, e.body.program.as_str(), transition_ts(e), &e.body))
+        .collect()
+}
+
+fn flag(v: &Value) -> bool {
+    match text(v).as_str() {
+        "1" | "true" => true,
+        "0" | "false" => false,
+        other => panic!("not a flag: {other}"),
+    }
+}
+
+fn check_program_restarts(rows: &[Json], p: &Published, published_at: i64) {
+    #[derive(Debug, Default, Clone, PartialEq)]
+    struct Day {
+        crashes: u64,
+        auto_restarts: u64,
+        errors: u64,
+        signal_exits: u64,
+        restart_counter: u64,
+    }
+    impl Day {
+        fn trouble(&self) -> u64 {
+            self.crashes + self.auto_restarts + self.errors
+        }
+    }
+    type Key = (String, String, String, String, String);
+    let mut want: BTreeMap<Key, Day> = BTreeMap::new();
+    for ((c, g, n), program, ts, e) in transitions(p) {
+        // Everything published is well within the query's 30 days.
+        assert!(ts > published_at - 29 * DAY_MS);
+        let d = want
+            .entry((day(ts), c.clone(), g.clone(), n.clone(), program.into()))
+            .or_default();
+        d.crashes += u64::from(e.to == ProgramState::Crashed);
+        d.auto_restarts += u64::from(
+            e.to == ProgramState::Starting
+                && matches!(e.from, ProgramState::Crashed | ProgramState::Waiting),
+        );
+        d.errors += u64::from(e.to == ProgramState::Error);
+        d.signal_exits += u64::from(matches!(e.exit, Some(ExitStatus::Signal(_))));
+        d.restart_counter = d.restart_counter.max(u64::from(e.restarts));
+    }
+    let mut want: Vec<(Key, Day)> = want.into_iter().filter(|(_, d)| d.trouble() > 0).collect();
+    want.sort_by(|(a, x), (b, y)| {
+        (&a.0, std::cmp::Reverse(x.trouble()), &a.1, &a.2, &a.3, &a.4).cmp(&(
+            &b.0,
+            std::cmp::Reverse(y.trouble()),
+            &b.1,
+            &b.2,
+            &b.3,
+            &b.4,
+        ))
+    });
+    let got: Vec<(Key, Day)> = rows
+        .iter()
+        .map(|r| {
+            let key = (
+                text(&r["day"]),
+                text(&r["cluster"]),
+                text(&r["group_name"]),
+                text(&r["node"]),
+                text(&r["program"]),
+            );
+            let d = Day {
+                crashes: uint(&r["crashes"]),
+                auto_restarts: uint(&r["auto_restarts"]),
+                errors: uint(&r["errors"]),
+                signal_exits: uint(&r["signal_exits"]),
+                restart_counter: uint(&r["restart_counter"]),
+            };
+            (key, d)
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // What publish_supervision sent, summed over days (the last ten minutes may straddle one).
+    let recent = |node: &str, program: &str| {
+        let old = day(published_at - 2 * DAY_MS);
+        got.iter()
+            .filter(|(k, _)| k.3 == node && k.4 == program && k.0 != old)
+            .fold(Day::default(), |mut a, (_, d)| {
+                a.crashes += d.crashes;
+                a.auto_restarts += d.auto_restarts;
+                a.errors += d.errors;
+                a.signal_exits += d.signal_exits;
+                a.restart_counter = a.restart_counter.max(d.restart_counter);
+                a
+            })
+    };
+    assert_eq!(
+        recent("n0004", "ledger"),
+        Day {
+            crashes: 3,
+            auto_restarts: 2,
+            errors: 1,
+            signal_exits: 1,
+            restart_counter: 2,
+        }
+    );
+    // The operator's restart out of error is not an automatic one.
+    assert_eq!(
+        recent("n0001", "api"),
+        Day {
+            crashes: 1,
+            auto_restarts: 0,
+            errors: 1,
+            signal_exits: 0,
+            restart_counter: 4,
+        }
+    );
+    let old_api: Vec<_> = got
+        .iter()
+        .filter(|(k, _)| k.0 == day(published_at - 2 * DAY_MS) && k.4 == "api")
+        .collect();
+    assert_eq!(old_api.len(), 1, "{got:?}");
+    assert_eq!((old_api[0].1.errors, old_api[0].1.restart_counter), (1, 7));
+    assert!(
+        got.iter().all(|(k, _)| k.4 != "cache"),
+        "orderly starts and stops are left out: {got:?}"
+    );
+}
+
+fn check_programs_in_error(rows: &[Json], p: &Published, published_at: i64, queried_at: i64) {
+    #[derive(Debug, PartialEq)]
+    struct InError {
+        place: Place,
+        program: String,
+        times: u64,
+        first_error: i64,
+        last_error: i64,
+        error_reason: String,
+        state_now: String,
+        still_in_error: bool,
+    }
+    let mut by_program: BTreeMap<(Place, String), Vec<(i64, &ProgramEvent)>> = BTreeMap::new();
+    for (place, program, ts, e) in transitions(p) {
+        // The query's window is `now() - 1 day` when it runs: nothing published sits near
+        // either end of it.
+        if ts >= queried_at - DAY_MS {
+            by_program
+                .entry((place.clone(), program.into()))
+                .or_default()
+                .push((ts, e));
+        }
+    }
+    let mut want = Vec::new();
+    for ((place, program), mut events) in by_program {
+        events.sort_by_key(|(ts, _)| *ts);
+        let errors: Vec<&(i64, &ProgramEvent)> = events
+            .iter()
+            .filter(|(_, e)| e.to == ProgramState::Error)
+            .collect();
+        let (Some(first), Some(last), Some(now)) = (errors.first(), errors.last(), events.last())
+        else {
+            continue;
+        };
+        want.push(InError {
+            place,
+            program,
+            times: errors.len() as u64,
+            first_error: first.0,
+            last_error: last.0,
+            error_reason: last.1.reason.clone(),
+            state_now: now.1.to.as_str().into(),
+            still_in_error: now.1.to == ProgramState::Error,
+        });
+    }
+    want.sort_by(|a, b| {
+        (std::cmp::Reverse(a.last_error), &a.place, &a.program).cmp(&(
+            std::cmp::Reverse(b.last_error),
+            &b.place,
+            &b.program,
+        ))
+    });
+    let got: Vec<InError> = rows
+        .iter()
+        .map(|r| InError {
+            place: (
+                text(&r["cluster"]),
+                text(&r["group_name"]),
+                text(&r["node"]),
+            ),
+            program: text(&r["program"]),
+            times: uint(&r["times"]),
+            first_error: ms(&r["first_error"]),
+            last_error: ms(&r["last_error"]),
+            error_reason: text(&r["error_reason"]),
+            state_now: text(&r["state_now"]),
+            still_in_error: flag(&r["still_in_error"]),
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    let find = |node: &str, program: &str| {
+        got.iter()
+            .find(|e| e.place.2 == node && e.program == program)
+            .unwrap_or_else(|| panic!("{program} on {node} is missing: {got:?}"))
+    };
+    let ledger = find("n0004", "ledger");
+    assert_eq!(
+        (
+            ledger.times,
+            ledger.last_error,
+            ledger.error_reason.as_str(),
+            ledger.still_in_error
+        ),
+        (1, published_at - 530_000, "start limit", true)
+    );
+    // In error two days ago too, but only this day's counts; back to running since.
+    let api = find("n0001", "api");
+    assert_eq!(
+        (
+            api.times,
+            api.first_error,
+            api.error_reason.as_str(),
+            api.state_now.as_str(),
+            api.still_in_error
+        ),
+        (1, published_at - 495_000, "health failed", "running", false)
+    );
+    assert!(got.iter().all(|e| e.program != "cache"), "{got:?}");
+}
+
+fn check_denied_commands(rows: &[Json], p: &Published, published_at: i64, queried_at: i64) {
+    #[derive(Debug, Default, PartialEq)]
+    struct Denials {
+        denials: u64,
+        nodes: BTreeSet<Place>,
+        ops: BTreeSet<String>,
+        first: i64,
+        last: i64,
+    }
+    type Key = (String, String, String, String);
+    let mut want: BTreeMap<Key, Denials> = BTreeMap::new();
+    for (place, e) in &p.audits {
+        let a = &e.body;
+        if a.phase != AuditPhase::Denied || e.ts_ms < queried_at - 7 * DAY_MS {
+            continue;
+        }
+        let key = (
+            a.issuer.clone(),
+            a.issuer_name.clone().unwrap_or_default(),
+            a.error.map_or("", |k| k.as_str()).to_string(),
+            a.message.clone(),
+        );
+        let d = want.entry(key).or_insert_with(|| Denials {
+            first: i64::MAX,
+            last: i64::MIN,
+            ..Default::default()
+        });
+        d.denials += 1;
+        d.nodes.insert(place.clone());
+        d.ops.insert(a.op.clone());
+        d.first = d.first.min(e.ts_ms);
+        d.last = d.last.max(e.ts_ms);
+    }
+    let mut want: Vec<(Key, Denials)> = want.into_iter().collect();
+    want.sort_by(|(a, x), (b, y)| {
+        (std::cmp::Reverse(x.denials), a).cmp(&(std::cmp::Reverse(y.denials), b))
+    });
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (r, (key, d)) in rows.iter().zip(&want) {
+        let got_key = (
+            text(&r["issuer"]),
+            text(&r["issuer_name"]),
+            text(&r["error"]),
+            text(&r["reason"]),
+        );
+        assert_eq!(&got_key, key);
+        assert_eq!(uint(&r["denials"]), d.denials);
+        assert_eq!(uint(&r["nodes"]), d.nodes.len() as u64);
+        assert_eq!(
+            strings(&r["ops"]),
+            d.ops.iter().cloned().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            (ms(&r["first_denied"]), ms(&r["last_denied"])),
+            (d.first, d.last)
+        );
+    }
+
+    // UEVE was refused on two nodes (the ten-day-old refusal is outside the window), alice once.
+    let row = |issuer: &str| {
+        rows.iter()
+            .find(|r| text(&r["issuer"]) == issuer)
+            .unwrap_or_else(|| panic!("{issuer}: {rows:?}"))
+    };
+    let eve = row("UEVE");
+    assert_eq!(
+        (
+            uint(&eve["denials"]),
+            uint(&eve["nodes"]),
+            strings(&eve["ops"]),
+            text(&eve["reason"]),
+            text(&eve["error"]),
+        ),
+        (
+            2,
+            2,
+            vec!["restart".to_string(), "stop".to_string()],
+            "unknown issuer".to_string(),
+            "denied".to_string()
+        )
+    );
+    assert_eq!(ms(&eve["first_denied"]), published_at - 420_000);
+    let alice = row("UALICE");
+    assert_eq!(
+        (
+            text(&alice["issuer_name"]),
+            uint(&alice["denials"]),
+            text(&alice["reason"])
+        ),
+        ("alice".to_string(), 1, "not allowed by policy".to_string())
+    );
+}
+
+fn check_command_history(rows: &[Json], p: &Published, published_at: i64, queried_at: i64) {
+    const CHANGES: [&str; 8] = [
+        "start", "stop", "restart", "deploy", "upgrade", "rollback", "degrade", "shutdown",
+    ];
+    let mut want: Vec<(&Place, &Envelope<AuditRecord>)> = p
+        .audits
+        .iter()
+        .filter(|(_, e)| {
+            e.body.phase == AuditPhase::Finished
+                && CHANGES.contains(&e.body.op.as_str())
+                && e.ts_ms >= queried_at - 7 * DAY_MS
+        })
+        .map(|(place, e)| (place, e))
+        .collect();
+    want.sort_by(|(pa, a), (pb, b)| {
+        (std::cmp::Reverse(a.ts_ms), pa, &a.body.request_id).cmp(&(
+            std::cmp::Reverse(b.ts_ms),
+            pb,
+            &b.body.request_id,
+        ))
+    });
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (r, (place, e)) in rows.iter().zip(&want) {
+        let a = &e.body;
+        let who = a
+            .issuer_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| a.issuer.clone());
+        assert_eq!(ms(&r["finished"]), e.ts_ms);
+        let got: Vec<String> = [
+            "who",
+            "on_behalf_of",
+            "op",
+            "program",
+            "args",
+            "target",
+            "cluster",
+            "group_name",
+            "node",
+            "error",
+            "message",
+            "request_id",
+        ]
+        .iter()
+        .map(|k| text(&r[*k]))
+        .collect();
+        let expected = [
+            who,
+            a.on_behalf_of.clone().unwrap_or_default(),
+            a.op.clone(),
+            a.program.clone().unwrap_or_default(),
+            a.args.clone(),
+            a.target.clone(),
+            place.0.clone(),
+            place.1.clone(),
+            place.2.clone(),
+            a.error.map_or("", |k| k.as_str()).to_string(),
+            a.message.clone(),
+            a.request_id.clone(),
+        ];
+        assert_eq!(got, expected);
+        assert_eq!(flag(&r["ok"]), a.ok);
+        close(
+            float(&r["duration_ms"]),
+            a.duration_us as f64 / 1000.0,
+            0.05,
+            "duration_ms",
+        );
+    }
+
+    // Newest first: bob's failed deploy, then alice's restart for carol; the status is not a
+    // change.
+    let ours: Vec<&Json> = rows
+        .iter()
+        .filter(|r| text(&r["request_id"]).starts_with("r-"))
+        .collect();
+    let ids: Vec<String> = ours.iter().map(|r| text(&r["request_id"])).collect();
+    assert_eq!(ids, ["r-2", "r-1"]);
+    let (deploy, restart) = (ours[0], ours[1]);
+    assert_eq!(
+        (
+            text(&deploy["who"]),
+            flag(&deploy["ok"]),
+            text(&deploy["error"]),
+            float(&deploy["duration_ms"]),
+            text(&deploy["args"])
+        ),
+        (
+            "bob".to_string(),
+            false,
+            "failed".to_string(),
+            9876.5,
+            "version=1.2.3".to_string()
+        )
+    );
+    assert_eq!(
+        (
+            text(&restart["who"]),
+            text(&restart["on_behalf_of"]),
+            text(&restart["program"]),
+            text(&restart["node"]),
+            flag(&restart["ok"]),
+            float(&restart["duration_ms"]),
+        ),
+        (
+            "alice".to_string(),
+            "web:carol".to_string(),
+            "ledger".to_string(),
+            "n0004".to_string(),
+            true,
+            850.0
+        )
+    );
+    assert_eq!(ms(&restart["finished"]), published_at - 399_000);
 }

@@ -167,8 +167,15 @@ pub struct RetentionConfig {
     pub sensor_readings: Duration,
     #[serde(with = "humantime_serde")]
     pub rollups: Duration,
+    /// Alarms and node liveness events.
     #[serde(with = "humantime_serde")]
     pub events: Duration,
+    /// Supervised programs' state transitions.
+    #[serde(with = "humantime_serde")]
+    pub process_events: Duration,
+    /// Commands' audit records (denied, accepted, finished).
+    #[serde(with = "humantime_serde")]
+    pub command_audit: Duration,
     /// The 1-minute aggregates.
     #[serde(with = "humantime_serde")]
     pub minute: Duration,
@@ -188,6 +195,8 @@ impl Default for RetentionConfig {
             sensor_readings: Duration::from_secs(30 * DAY),
             rollups: Duration::from_secs(90 * DAY),
             events: Duration::from_secs(365 * DAY),
+            process_events: Duration::from_secs(90 * DAY),
+            command_audit: Duration::from_secs(365 * DAY),
             minute: Duration::from_secs(90 * DAY),
             hour: Duration::from_secs(730 * DAY),
         }

@@ -1,0 +1,134 @@
+//! The node registry: a KV bucket with one entry per node, refreshed by its agent, which
+//! `gridmon ctl` reads to know who a group or cluster should contain.
+//!
+//! Keys are `<cluster>.<group>.<node>`, so a scope's members are one wildcard read.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+
+use crate::command::{RegistryEntry, Target};
+use crate::NodeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+    #[error("registry read: {0}")]
+    Read(String),
+    #[error("registry write: {0}")]
+    Write(String),
+}
+
+/// The key of a node's entry.
+pub fn key(id: &NodeId) -> String {
+    format!("{}.{}.{}", id.cluster, id.group, id.node)
+}
+
+fn filter(t: &Target) -> String {
+    match (&t.cluster, &t.group, &t.node) {
+        (Some(c), Some(g), Some(n)) => format!("{c}.{g}.{n}"),
+        (Some(c), Some(g), None) => format!("{c}.{g}.*"),
+        (Some(c), None, _) => format!("{c}.*.*"),
+        (None, _, _) => "*.*.*".into(),
+    }
+}
+
+/// Opens the bucket, creating it (entries forgotten after `keep`) when `create` is set.
+pub async fn open(
+    js: &jetstream::Context,
+    bucket: &str,
+    create: bool,
+    keep: Duration,
+) -> Result<kv::Store, RegistryError> {
+    let err = |m: String| RegistryError::Bucket {
+        bucket: bucket.into(),
+        message: m,
+    };
+    if !create {
+        return js.get_key_value(bucket).await.map_err(|e| {
+            err(format!(
+                "{e} (no agent has registered yet, or JetStream is off)"
+            ))
+        });
+    }
+    crate::leader::ensure_bucket(js, bucket, "gridmon: last-seen nodes", keep)
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Writes `entry` under its node's key.
+pub async fn put(
+    store: &kv::Store,
+    id: &NodeId,
+    entry: &RegistryEntry,
+) -> Result<(), RegistryError> {
+    let bytes = entry
+        .encode()
+        .map_err(|e| RegistryError::Write(e.to_string()))?;
+    store
+        .put(key(id), bytes.into())
+        .await
+        .map_err(|e| RegistryError::Write(e.to_string()))?;
+    Ok(())
+}
+
+/// Every entry within `target`, read in one pass (last value per key). Entries that do not
+/// decode are counted in the second value and skipped.
+pub async fn load(
+    js: &jetstream::Context,
+    bucket: &str,
+    target: &Target,
+) -> Result<(Vec<RegistryEntry>, usize), RegistryError> {
+    let stream =
+        js.get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| RegistryError::Bucket {
+                bucket: bucket.into(),
+                message: format!("{e} (no agent has registered yet, or JetStream is off)"),
+            })?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: format!("$KV.{bucket}.{}", filter(target)),
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| RegistryError::Read(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut bad = 0;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok((out, bad));
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| RegistryError::Read(e.to_string()))?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| RegistryError::Read("timed out reading the registry".into()))?;
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(|e| RegistryError::Read(e.to_string()))?;
+        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        // Deleted or purged keys carry a KV-Operation header and no value.
+        let deleted = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some();
+        if !deleted {
+            match RegistryEntry::decode(&msg.payload) {
+                Ok(e) => out.push(e),
+                Err(_) => bad += 1,
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok((out, bad))
+}
