@@ -145,6 +145,10 @@ struct Summary {
     offline: usize,
     no_answer: usize,
     skipped: usize,
+    /// Inside `gridmon ctl`: connect, registry read, every batch, ms.
+    elapsed_ms: u64,
+    /// Sending the requests and waiting for the answers (all batches, pauses included), ms.
+    fanout_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +173,7 @@ pub async fn run(
     args: CtlArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<bool> {
+    let began = Instant::now();
     let op = Op::parse(&args.op).with_context(|| {
         format!(
             "unknown operation {:?}; one of: {}",
@@ -195,6 +200,7 @@ pub async fn run(
     let subjects = config.subjects()?;
     let mut results = Vec::with_capacity(members.len());
     let mut halted = false;
+    let fanout = Instant::now();
     for (i, chunk) in members.chunks(batch).enumerate() {
         if halted || shutdown.is_cancelled() {
             results.extend(chunk.iter().map(skipped));
@@ -223,9 +229,12 @@ pub async fn run(
             halted = true;
         }
     }
+    let fanout_ms = millis(fanout);
     results.sort_by(|a, b| a.node.cmp(&b.node));
     let mut summary = Summary {
         targets: results.len(),
+        fanout_ms,
+        elapsed_ms: millis(began),
         ..Default::default()
     };
     for r in &results {
@@ -251,6 +260,10 @@ pub async fn run(
         print_table(&report, halted);
     }
     Ok(all_ok)
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 fn skipped(m: &Member) -> NodeResult {
@@ -601,6 +614,19 @@ fn print_table(report: &Report, halted: bool) {
 /// `gridmon keygen`: a new operator key pair; the seed goes to `out` (0600), the public key to
 /// stdout with the config lines that grant it.
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+    let kp = write_key(&args.out)?;
+    println!("{}", kp.public_key());
+    eprintln!(
+        "wrote the seed to {}. Grant it on the agents with:\n\n[[commands.issuers]]\nname = \"{}\"\nkey = \"{}\"\nops = [\"status\", \"list\", \"logs\", \"restart\"]\nprograms = [\"*\"]\n",
+        args.out.display(),
+        std::env::var("USER").unwrap_or_else(|_| "operator".into()),
+        kp.public_key()
+    );
+    Ok(())
+}
+
+/// Creates a new key pair and writes its seed to `path` (mode 0600; an existing file is an error).
+pub fn write_key(path: &Path) -> anyhow::Result<nkeys::KeyPair> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let kp = nkeys::KeyPair::new_user();
@@ -611,22 +637,15 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&args.out)
-        .with_context(|| format!("creating {} (it must not exist yet)", args.out.display()))?;
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
     writeln!(
         f,
         "# gridmon operator key; public key {}\n{seed}",
         kp.public_key()
     )?;
     f.sync_all()?;
-    println!("{}", kp.public_key());
-    eprintln!(
-        "wrote the seed to {}. Grant it on the agents with:\n\n[[commands.issuers]]\nname = \"{}\"\nkey = \"{}\"\nops = [\"status\", \"list\", \"logs\", \"restart\"]\nprograms = [\"*\"]\n",
-        args.out.display(),
-        std::env::var("USER").unwrap_or_else(|_| "operator".into()),
-        kp.public_key()
-    );
-    Ok(())
+    Ok(kp)
 }
 
 #[cfg(test)]

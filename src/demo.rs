@@ -48,6 +48,9 @@ pub async fn run(
         config.subjects()?.node_report(&config.node_id()?)
     );
     eprintln!("demo: from another terminal: gridmon watch --nats-url {url}   (Ctrl-C here stops everything)");
+    if config.programs.is_empty() {
+        demo_supervision(&mut config, &dir, &url)?;
+    }
 
     let fleet = crate::simulate::SimulateArgs {
         common,
@@ -68,6 +71,7 @@ pub async fn run(
         flap: 0,
         inventory_every: Duration::from_secs(3600),
         json_stats: false,
+        commands: false,
     };
     eprintln!(
         "demo: a simulated fleet of {} nodes in clusters c01, c02 (after 20 s one node goes silent, one overheats, one program crashes)",
@@ -127,6 +131,44 @@ pub async fn run(
 
 /// The ClickHouse front script: `GRIDMON_CLICKHOUSE_FRONT`, or `scripts/` of the source tree
 /// the binary was built in or is run from.
+/// Gives the demo agent one supervised program and an operator key allowed everything, so the
+/// command path can be tried at once with `gridmon ctl`.
+fn demo_supervision(config: &mut Config, dir: &Path, url: &str) -> anyhow::Result<()> {
+    let key_file = dir.join("operator.nk");
+    let key = if key_file.exists() {
+        crate::ctl::read_key(&key_file)?
+    } else {
+        crate::ctl::write_key(&key_file)?
+    };
+    config.supervisor.dir = dir.join("supervisor");
+    let spec: gridmon_nats::config::ProgramSpec = toml::from_str(
+        r#"command = "sh"
+args = ["-c", "while :; do echo demo-worker tick; sleep 5; done"]
+start_secs = "500ms"
+stop_grace = "2s""#,
+    )
+    .context("the demo program")?;
+    config.programs.insert("demo-worker".into(), spec);
+    config
+        .commands
+        .issuers
+        .push(gridmon_nats::config::IssuerConfig {
+            name: "demo-operator".into(),
+            key: key.public_key(),
+            ops: vec!["*".into()],
+            programs: vec!["*".into()],
+        });
+    let id = config.node_id()?;
+    eprintln!(
+        "demo: the agent supervises `demo-worker`; try: gridmon ctl restart demo-worker --node {}/{}/{} --nats-url {url} --key {}",
+        id.cluster,
+        id.group,
+        id.node,
+        key_file.display()
+    );
+    Ok(())
+}
+
 fn front_script() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("GRIDMON_CLICKHOUSE_FRONT") {
         return Ok(PathBuf::from(p));
