@@ -88,6 +88,9 @@ pub async fn load(
                 bucket: bucket.into(),
                 message: format!("{e} (no agent has registered yet, or JetStream is off)"),
             })?;
+    // Everything up to this sequence is what "the registry now" means; later refreshes may keep
+    // `pending` above zero for as long as agents write, so they do not decide when to stop.
+    let last_seq = stream.cached_info().state.last_sequence;
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
             deliver_subject: js.client().new_inbox(),
@@ -98,37 +101,47 @@ pub async fn load(
         })
         .await
         .map_err(|e| RegistryError::Read(e.to_string()))?;
-    let mut out = Vec::new();
+    let mut latest: std::collections::HashMap<String, RegistryEntry> =
+        std::collections::HashMap::new();
     let mut bad = 0;
     if consumer.cached_info().num_pending == 0 {
-        return Ok((out, bad));
+        return Ok((Vec::new(), bad));
     }
     let mut messages = consumer
         .messages()
         .await
         .map_err(|e| RegistryError::Read(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        let next = tokio::time::timeout_at(deadline, messages.next())
             .await
             .map_err(|_| RegistryError::Read("timed out reading the registry".into()))?;
         let Some(msg) = next else { break };
         let msg = msg.map_err(|e| RegistryError::Read(e.to_string()))?;
-        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        let (pending, seq) = msg
+            .info()
+            .map(|i| (i.pending, i.stream_sequence))
+            .unwrap_or((0, u64::MAX));
         // Deleted or purged keys carry a KV-Operation header and no value.
         let deleted = msg
             .headers
             .as_ref()
             .and_then(|h| h.get("KV-Operation"))
             .is_some();
-        if !deleted {
+        if deleted {
+            latest.remove(msg.subject.as_str());
+        } else {
             match RegistryEntry::decode(&msg.payload) {
-                Ok(e) => out.push(e),
+                Ok(e) => {
+                    latest.insert(msg.subject.to_string(), e);
+                }
                 Err(_) => bad += 1,
             }
         }
-        if pending == 0 {
+        if pending == 0 || seq >= last_seq {
             break;
         }
     }
+    let out = latest.into_values().collect();
     Ok((out, bad))
 }
