@@ -490,6 +490,39 @@ async fn fan_out_counts_answered_and_offline() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(text.contains("failed") && text.contains("denied"), "{text}");
+
+    // Rolling, one node per batch: the first batch fails (restart is not granted), so ctl halts
+    // and the rest are skipped; with --continue-on-failure every batch is tried.
+    let rolling = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "restart", "web", "--group", "c1/g1", "--batch", "1", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let dir = dir.path().to_path_buf();
+        let (url, key_file) = (server.url(), key_file.clone());
+        async move {
+            let out = ctl(&dir, &url, &key_file, &args).output().await.unwrap();
+            assert!(!out.status.success());
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["summary"].clone()
+        }
+    };
+    let s = rolling(&[]).await;
+    assert_eq!(
+        (s["failed"].as_u64(), s["skipped"].as_u64()),
+        (Some(1), Some(4)),
+        "{s}"
+    );
+    let s = rolling(&["--continue-on-failure"]).await;
+    assert_eq!(
+        (
+            s["failed"].as_u64(),
+            s["offline"].as_u64(),
+            s["skipped"].as_u64()
+        ),
+        (Some(3), Some(2), Some(0)),
+        "{s}"
+    );
     for a in agents {
         a.stop().await;
     }
