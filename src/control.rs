@@ -27,6 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+/// Audit records to handle once the reply is on its way, each with whether it is already in the
+/// local log. An accepted read-only command's `accepted` record is logged locally before it acts
+/// but reaches the bus with its `finished` one: publishing it first would put an audit message and
+/// the spool's flush in front of every `status` reply.
+type Deferred = Vec<(AuditRecord, bool)>;
+
 /// The encoded bytes of the latest report, for report requests.
 pub type LastReport = Arc<Mutex<Option<Bytes>>>;
 
@@ -116,23 +122,32 @@ impl Control {
             tasks.spawn(
                 async move {
                     let received = Instant::now();
-                    let (enc, bytes) = match enc {
-                        Ok(e) => (e, this.handle(e, &msg.payload, received).await),
+                    let (bytes, deferred) = match enc {
+                        Ok(e) => this.handle(e, &msg.payload, received).await,
                         Err(e) => {
                             let reply = this.refuse_undecodable(&e.to_string(), received);
-                            (
-                                Encoding::MsgPack,
-                                this.encode_reply(Encoding::MsgPack, reply),
-                            )
+                            (this.encode_reply(Encoding::MsgPack, reply), Vec::new())
                         }
                     };
-                    let _ = enc;
                     if let Some(bytes) = bytes {
                         if let Err(e) = this.client.publish(reply, bytes).await {
                             tracing::debug!(error = %e, "could not send a command reply");
                         }
                         this.replies_sent
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // The command has acted; its remaining audit work need not delay the answer. On
+                    // the current-thread runtime the reply reaches the socket only once this task
+                    // yields.
+                    if !deferred.is_empty() {
+                        tokio::task::yield_now().await;
+                    }
+                    for (rec, logged) in deferred {
+                        if logged {
+                            this.audit_bus(&rec);
+                        } else {
+                            this.audit(rec);
+                        }
                     }
                 }
                 .instrument(tracing::debug_span!("command")),
@@ -159,14 +174,19 @@ impl Control {
         }
     }
 
-    /// Decodes, checks, audits, runs and answers one request; `None` only if the reply cannot be
-    /// encoded.
-    async fn handle(&self, enc: Encoding, payload: &[u8], received: Instant) -> Option<Bytes> {
+    /// Decodes, checks, audits, runs and answers one request: the reply (`None` only if it cannot
+    /// be encoded) and the audit work left for after the reply is on its way (see [`Deferred`]).
+    async fn handle(
+        &self,
+        enc: Encoding,
+        payload: &[u8],
+        received: Instant,
+    ) -> (Option<Bytes>, Deferred) {
         let req = match decode_request(payload, enc) {
             Ok(r) => r,
             Err(e) => {
                 let reply = self.refuse_undecodable(&e.to_string(), received);
-                return self.encode_reply(enc, reply);
+                return (self.encode_reply(enc, reply), Vec::new());
             }
         };
         let checked = match &self.guard {
@@ -192,7 +212,7 @@ impl Control {
                 self.audit(rec);
                 tracing::warn!(op = %req.body.op, issuer = %req.body.issuer, reason = %denial, "command denied");
                 let reply = reply_err(&req, ErrorKind::Denied, denial.to_string(), received);
-                return self.encode_reply(enc, reply);
+                return (self.encode_reply(enc, reply), Vec::new());
             }
         };
         let mut rec = self.record(
@@ -214,9 +234,17 @@ impl Control {
             rec.error = Some(kind);
             rec.message = message.clone();
             self.audit(rec);
-            return self.encode_reply(enc, reply_err(&req, kind, message, received));
+            let reply = reply_err(&req, kind, message, received);
+            return (self.encode_reply(enc, reply), Vec::new());
         }
-        self.audit(rec.clone());
+        let mut deferred = Vec::with_capacity(2);
+        if req.body.op.is_mutating() {
+            self.audit(rec.clone());
+        } else {
+            // In the local log before it acts; on the bus after the reply, with `finished`.
+            self.audit.write(&self.id, &rec);
+            deferred.push((rec.clone(), true));
+        }
         let mut reply = self.run_op(&req).await;
         reply.duration_us = micros(received);
         rec.phase = AuditPhase::Finished;
@@ -224,8 +252,8 @@ impl Control {
         rec.error = reply.error;
         rec.message = reply.message.clone();
         rec.duration_us = reply.duration_us;
-        self.audit(rec);
-        self.encode_reply(enc, reply)
+        deferred.push((rec, false));
+        (self.encode_reply(enc, reply), deferred)
     }
 
     /// Arguments: the program must be configured, and nothing may look like shell syntax.
@@ -499,6 +527,11 @@ impl Control {
     /// waits there while the bus is away).
     fn audit(&self, rec: AuditRecord) {
         self.audit.write(&self.id, &rec);
+        self.audit_bus(&rec);
+    }
+
+    /// Queues an audit record for `<p>.audit.…` (already in the local log).
+    fn audit_bus(&self, rec: &AuditRecord) {
         let subject = self
             .subjects
             .family(Family::Audit, &Scope::Node(self.id.clone()));
@@ -506,7 +539,7 @@ impl Control {
             Kind::Audit,
             subject,
             now_ms(),
-            &rec,
+            rec,
         );
         match framed {
             Ok(out) => self.spool.push(out),
@@ -575,7 +608,8 @@ fn micros(since: Instant) -> u64 {
 #[derive(Debug)]
 pub struct AuditLog {
     path: Option<PathBuf>,
-    file: Mutex<Option<std::fs::File>>,
+    /// The open file and its size (kept here: no `stat` per record).
+    file: Mutex<Option<(std::fs::File, u64)>>,
 }
 
 const AUDIT_ROTATE_BYTES: u64 = 64 << 20;
@@ -588,13 +622,13 @@ impl AuditLog {
                     std::fs::create_dir_all(d)
                         .with_context(|| format!("creating {}", d.display()))?;
                 }
-                Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .with_context(|| format!("opening the audit log {}", p.display()))?,
-                )
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening the audit log {}", p.display()))?;
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                Some((f, size))
             }
             None => None,
         };
@@ -625,19 +659,20 @@ impl AuditLog {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let too_big = guard
             .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .is_some_and(|m| m.len() > AUDIT_ROTATE_BYTES);
+            .is_some_and(|(_, size)| *size > AUDIT_ROTATE_BYTES);
         if too_big {
             let _ = std::fs::rename(path, path.with_extension("log.1"));
             *guard = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .ok();
+                .ok()
+                .map(|f| (f, 0));
         }
-        if let Some(f) = guard.as_mut() {
-            if let Err(e) = f.write_all(text.as_bytes()) {
-                tracing::warn!(error = %e, "cannot write the local audit log");
+        if let Some((f, size)) = guard.as_mut() {
+            match f.write_all(text.as_bytes()) {
+                Ok(()) => *size += text.len() as u64,
+                Err(e) => tracing::warn!(error = %e, "cannot write the local audit log"),
             }
         }
     }

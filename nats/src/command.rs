@@ -478,13 +478,19 @@ pub fn is_command(bytes: &[u8], enc: Encoding) -> bool {
 
 /// Checks the signature of a signed request against `issuer` (a public nkey).
 pub fn verify_signature(req: &Request, issuer: &str) -> Result<(), String> {
+    let key = nkeys::KeyPair::from_public_key(issuer).map_err(|e| format!("issuer key: {e}"))?;
+    verify_signature_with(req, &key)
+}
+
+/// [`verify_signature`] with the issuer's key already parsed (parsing decompresses a curve point:
+/// about a tenth of the verification; the guard parses each configured key once).
+pub fn verify_signature_with(req: &Request, key: &nkeys::KeyPair) -> Result<(), String> {
     let Some(sig) = &req.sig else {
         return Err("unsigned".into());
     };
     if req.signed_bytes.is_empty() {
         return Err("a signed request carries its body as bytes".into());
     }
-    let key = nkeys::KeyPair::from_public_key(issuer).map_err(|e| format!("issuer key: {e}"))?;
     key.verify(&signing_input(&req.signed_bytes), sig)
         .map_err(|_| "signature does not verify".to_string())
 }

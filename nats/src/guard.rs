@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use crate::command::{verify_signature, Op, Request, MAX_LIFETIME_MS};
+use crate::command::{verify_signature_with, Op, Request, MAX_LIFETIME_MS};
 use crate::config::{CommandsConfig, IssuerConfig};
 use crate::NodeId;
 
@@ -44,6 +44,8 @@ pub struct Authorized {
 #[derive(Debug)]
 struct Grant {
     name: String,
+    /// The public key, parsed once; why not, when it does not parse.
+    key: Result<nkeys::KeyPair, String>,
     all_ops: bool,
     ops: Vec<Op>,
     programs: Vec<String>,
@@ -53,6 +55,7 @@ impl Grant {
     fn from_config(c: &IssuerConfig) -> Self {
         Self {
             name: c.name.clone(),
+            key: nkeys::KeyPair::from_public_key(&c.key).map_err(|e| format!("issuer key: {e}")),
             all_ops: c.ops.iter().any(|o| o == "*"),
             ops: c.ops.iter().filter_map(|o| Op::parse(o)).collect(),
             programs: c.programs.clone(),
@@ -117,7 +120,11 @@ impl Guard {
             .grants
             .get(&b.issuer)
             .ok_or_else(|| Denial::UnknownIssuer(b.issuer.clone()))?;
-        verify_signature(req, &b.issuer).map_err(Denial::BadSignature)?;
+        let key = grant
+            .key
+            .as_ref()
+            .map_err(|e| Denial::BadSignature(e.clone()))?;
+        verify_signature_with(req, key).map_err(Denial::BadSignature)?;
         if !b.target.includes(&self.me) {
             return Err(Denial::WrongTarget(b.target.to_string()));
         }

@@ -486,6 +486,11 @@ impl SimNode {
         ))
     }
 
+    /// Its supervised programs as of its latest report.
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.report.programs
+    }
+
     /// Whether this node publishes nothing at `t`.
     pub fn is_silent(&self, t: &Tick) -> bool {
         self.faults.silent && t.faults_active

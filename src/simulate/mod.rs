@@ -1,6 +1,7 @@
 //! `gridmon simulate`: a fleet of simulated nodes publishing realistic node reports and
 //! inventories on the real subjects, with injected faults, and answering report requests as
-//! agents do.
+//! agents do; with `--commands`, each node also registers itself and answers read-only commands
+//! (`commands.rs`).
 //!
 //! The fleet ([`fleet::Fleet`]) is pure: each node keeps its report and mutates it in place every
 //! tick. The runtime here moves the nodes to the blocking pool to update and encode the next
@@ -8,6 +9,7 @@
 //! keeps answering report requests) and uses at most one extra core; at the boundary the batch
 //! is published on core NATS and flushed once.
 
+mod commands;
 mod fleet;
 mod inventory;
 mod procs;
@@ -95,6 +97,11 @@ pub struct SimulateArgs {
     /// At exit, print one JSON line of totals to stdout.
     #[arg(long)]
     pub json_stats: bool,
+    /// Every node registers itself in the registry (`commands.registry_bucket`, every
+    /// `commands.registry_every`) and answers commands on its own subject: read-only ones from
+    /// its simulated programs, checked against `[commands]` issuers like an agent's.
+    #[arg(long)]
+    pub commands: bool,
 }
 
 /// Reports per second: from one a day to 1000 a second.
@@ -205,6 +212,49 @@ pub async fn run(
             .instrument(tracing::info_span!("report_requests")),
         )
     };
+    let programs = args.commands.then(|| {
+        commands::Programs::new(
+            fleet
+                .nodes
+                .iter()
+                .map(|n| Some(n.programs().to_vec()))
+                .collect(),
+        )
+    });
+    let command_responder = match &programs {
+        Some(programs) => {
+            // Its own connection: replies never queue behind a tick's reports.
+            let cmd_client = connect(&config.nats, "gridmon-simulate-commands").await?;
+            let ids: Vec<_> = fleet.nodes.iter().map(|n| n.id.clone()).collect();
+            let responder = commands::Responder::new(
+                cmd_client.clone(),
+                subjects.clone(),
+                &ids,
+                &config.commands,
+                programs.clone(),
+                latest.clone(),
+                run_id,
+            );
+            tracker.spawn(
+                commands::refresh_registry(
+                    cmd_client,
+                    ids,
+                    config.commands.clone(),
+                    programs.clone(),
+                    stop.clone(),
+                )
+                .instrument(tracing::info_span!("registry")),
+            );
+            Some(
+                tracker.spawn(
+                    responder
+                        .run(stop.clone())
+                        .instrument(tracing::info_span!("commands")),
+                ),
+            )
+        }
+        None => None,
+    };
     tracker.close();
 
     let started = Instant::now();
@@ -213,10 +263,26 @@ pub async fn run(
     for _ in 1..publish_connections(spec.nodes) {
         publishers.push(connect(&config.nats, "gridmon-simulate").await?);
     }
-    let stats = publish_loop(&publishers, fleet, &spec, &latest, &shutdown, deadline).await;
+    let stats = publish_loop(
+        &publishers,
+        fleet,
+        &spec,
+        &latest,
+        programs.as_ref(),
+        &shutdown,
+        deadline,
+    )
+    .await;
     stop.cancel();
     tracker.wait().await;
-    let replies = responder.await.unwrap_or(0);
+    let mut replies = responder.await.unwrap_or(0);
+    if let Some(r) = command_responder {
+        match r.await {
+            Ok(Ok(n)) => replies += n,
+            Ok(Err(e)) => tracing::warn!(error = %e, "commands were not answered"),
+            Err(e) => tracing::warn!(error = %e, "the command responder failed"),
+        }
+    }
     let stats = Stats { replies, ..stats? };
     if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, flush_all(&publishers))
         .await
@@ -296,9 +362,11 @@ async fn publish_loop(
     fleet: Fleet,
     spec: &Spec,
     latest: &Latest,
+    programs: Option<&commands::Programs>,
     shutdown: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> anyhow::Result<Stats> {
+    let want_programs = programs.is_some();
     let step_ns = spec.interval.as_nanos().max(1);
     let mut stats = Stats::default();
     let mut fleet = fleet;
@@ -314,10 +382,15 @@ async fn publish_loop(
         let job = tokio::task::spawn_blocking(move || {
             let out: Vec<Produced> = nodes
                 .iter_mut()
-                .map(|n| Produced {
-                    node: n.index,
-                    out: n.frame(&t),
-                    inventory: n.frame_inventory(&t),
+                .map(|n| {
+                    let out = n.frame(&t);
+                    let programs = (want_programs && out.is_some()).then(|| n.programs().to_vec());
+                    Produced {
+                        node: n.index,
+                        out,
+                        inventory: n.frame_inventory(&t),
+                        programs,
+                    }
                 })
                 .collect();
             (nodes, out)
@@ -344,7 +417,15 @@ async fn publish_loop(
         // Publishing waits when the bus is away (the client's queue is full): stay stoppable. The
         // deadline does not cut a tick short unless the tick is stuck.
         let publish = async {
-            publish_batch(clients, batch, latest, &mut stats, &mut logged_error).await;
+            publish_batch(
+                clients,
+                batch,
+                latest,
+                programs,
+                &mut stats,
+                &mut logged_error,
+            )
+            .await;
             if tokio::time::timeout(FLUSH_TIMEOUT, flush_all(clients))
                 .await
                 .is_err()
@@ -415,6 +496,8 @@ struct Produced {
     out: Option<Result<Outgoing, WireError>>,
     /// The inventory, when it is due.
     inventory: Option<Result<Outgoing, WireError>>,
+    /// Its programs after this tick, with `--commands`; `None` also when the node is silent.
+    programs: Option<Vec<gridmon_nats::wire::ProgramStatus>>,
 }
 
 /// Publishes one tick's reports and inventories (core NATS, with the `Nats-Msg-Id` header like
@@ -423,11 +506,16 @@ async fn publish_batch(
     clients: &[Client],
     batch: Vec<Produced>,
     latest: &Latest,
+    programs: Option<&commands::Programs>,
     stats: &mut Stats,
     logged_error: &mut bool,
 ) {
     let mut updates: Vec<(usize, Option<Outgoing>)> = Vec::with_capacity(batch.len());
+    let mut program_updates = Vec::new();
     for p in batch {
+        if programs.is_some() {
+            program_updates.push((p.node, p.programs));
+        }
         let Some(client) = clients.get(p.node % clients.len().max(1)) else {
             continue;
         };
@@ -450,6 +538,9 @@ async fn publish_batch(
         }
     }
     latest.set(updates);
+    if let Some(programs) = programs {
+        programs.set(program_updates);
+    }
 }
 
 /// Publishes one framed message; returns it when it was handed to the client. Failures are

@@ -12,6 +12,7 @@ mod permissions;
 mod python;
 mod queries;
 mod releases;
+mod simulate;
 
 use std::path::Path;
 use std::process::Stdio;
