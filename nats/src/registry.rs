@@ -88,60 +88,45 @@ pub async fn load(
                 bucket: bucket.into(),
                 message: format!("{e} (no agent has registered yet, or JetStream is off)"),
             })?;
-    // Everything up to this sequence is what "the registry now" means; later refreshes may keep
-    // `pending` above zero for as long as agents write, so they do not decide when to stop.
-    let last_seq = stream.cached_info().state.last_sequence;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::push::OrderedConfig {
-            deliver_subject: js.client().new_inbox(),
-            filter_subject: format!("$KV.{bucket}.{}", filter(target)),
-            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-            ..Default::default()
-        })
+    // The keys present, then the last value of each: a fixed snapshot, however often agents
+    // refresh meanwhile (a consumer's `pending` can stay above zero for as long as they write).
+    let mut names = stream
+        .info_with_subjects(format!("$KV.{bucket}.{}", filter(target)))
         .await
         .map_err(|e| RegistryError::Read(e.to_string()))?;
-    let mut latest: std::collections::HashMap<String, RegistryEntry> =
-        std::collections::HashMap::new();
-    let mut bad = 0;
-    if consumer.cached_info().num_pending == 0 {
-        return Ok((Vec::new(), bad));
+    let mut subjects = Vec::new();
+    while let Some(item) = names.next().await {
+        let (subject, _) = item.map_err(|e| RegistryError::Read(e.to_string()))?;
+        subjects.push(subject);
     }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| RegistryError::Read(e.to_string()))?;
+    let stream = &stream;
+    let mut values = futures::stream::iter(subjects)
+        .map(|subject| async move { stream.get_last_raw_message_by_subject(&subject).await })
+        .buffer_unordered(32);
+    let mut out = Vec::new();
+    let mut bad = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let next = tokio::time::timeout_at(deadline, messages.next())
+        let next = tokio::time::timeout_at(deadline, values.next())
             .await
             .map_err(|_| RegistryError::Read("timed out reading the registry".into()))?;
         let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| RegistryError::Read(e.to_string()))?;
-        let (pending, seq) = msg
-            .info()
-            .map(|i| (i.pending, i.stream_sequence))
-            .unwrap_or((0, u64::MAX));
-        // Deleted or purged keys carry a KV-Operation header and no value.
-        let deleted = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("KV-Operation"))
-            .is_some();
-        if deleted {
-            latest.remove(msg.subject.as_str());
-        } else {
-            match RegistryEntry::decode(&msg.payload) {
-                Ok(e) => {
-                    latest.insert(msg.subject.to_string(), e);
-                }
-                Err(_) => bad += 1,
+        let msg = match msg {
+            Ok(m) => m,
+            // Purged between the listing and the read.
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                continue
             }
+            Err(e) => return Err(RegistryError::Read(e.to_string())),
+        };
+        // Deleted or purged keys carry a KV-Operation header and no value.
+        if msg.headers.get("KV-Operation").is_some() {
+            continue;
         }
-        if pending == 0 || seq >= last_seq {
-            break;
+        match RegistryEntry::decode(&msg.payload) {
+            Ok(e) => out.push(e),
+            Err(_) => bad += 1,
         }
     }
-    let out = latest.into_values().collect();
     Ok((out, bad))
 }

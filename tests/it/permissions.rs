@@ -41,8 +41,7 @@ authorization {
     { user: "alice", password: "alice-pw",
       permissions: {
         publish: { allow: [ "grid.cmd.>", "$JS.API.STREAM.INFO.KV_gridmon-registry",
-                            "$JS.API.CONSUMER.CREATE.KV_gridmon-registry",
-                            "$JS.API.CONSUMER.CREATE.KV_gridmon-registry.>" ] }
+                            "$JS.API.STREAM.MSG.GET.KV_gridmon-registry" ] }
         subscribe: { allow: [ "_INBOX.alice.>", "grid", "grid.>" ] }
       }
     }
