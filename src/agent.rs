@@ -56,11 +56,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.nats.ack_timeout,
         config.nats.reconnect_max_delay,
     );
+    // The publisher stops only after everything that produces messages at shutdown (the
+    // supervisor's drain events, the last audit records) has handed them to the spool.
+    let publisher_stop = CancellationToken::new();
     tracker.spawn(
         publisher
-            .run(shutdown.clone(), config.spool.path.clone())
+            .run(publisher_stop.clone(), config.spool.path.clone())
             .instrument(tracing::info_span!("publisher")),
     );
+    let producers = TaskTracker::new();
 
     let probes: Arc<Mutex<Vec<ProbeResult>>> = Arc::default();
     if !config.agent.probes.targets.is_empty() {
@@ -90,7 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let framer = Arc::new(Mutex::new(Framer::new(Source::from(&id), run_id)));
     let last_report: LastReport = Arc::default();
     let supervisor = start_supervisor(
-        &config, &id, &subjects, &framer, &spool, &tracker, &shutdown,
+        &config, &id, &subjects, &framer, &spool, &producers, &shutdown,
     )?;
     let control = control_server(
         &config,
@@ -104,7 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )?;
     {
         let stop = shutdown.clone();
-        tracker.spawn(
+        producers.spawn(
             async move {
                 if let Err(e) = control.run(stop).await {
                     tracing::warn!(error = %e, "commands and report requests will not be answered");
@@ -121,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             supervisor.clone(),
             shutdown.clone(),
         );
-        tracker.spawn(
+        producers.spawn(
             refresh_registry(client, id, cfg, sup, stop)
                 .instrument(tracing::info_span!("registry")),
         );
@@ -200,7 +204,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         }
     }
+    producers.close();
+    producers.wait().await;
     tracing::info!("agent stopping: flushing the spool");
+    publisher_stop.cancel();
     tracker.close();
     tracker.wait().await;
     // With the server gone a flush would wait for a reconnect that never comes.

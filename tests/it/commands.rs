@@ -588,3 +588,34 @@ async fn python_calls_status_in_msgpack_and_json() {
         libc::kill(-(pid as i32), libc::SIGKILL);
     }
 }
+
+#[tokio::test]
+async fn agent_sigterm_drains_programs_and_publishes_their_stop() {
+    let server = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = nkeys::KeyPair::new_user();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut events = client.subscribe("grid.event.c1.g1.drain").await.unwrap();
+    client.flush().await.unwrap();
+    // on_exit = "stop" (the default): the agent stops its programs on the way out.
+    let toml =
+        supervised_toml(dir.path(), &alice.public_key(), "").replace("on_exit = \"leave\"\n", "");
+    let agent = start_agent(dir.path(), &server.url(), "drain", "", &toml);
+    let (pid, _) = running_web(&client, "drain", &alice).await;
+    agent.stop().await;
+    assert!(!alive(pid), "drained with the agent");
+    let mut seen = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+        let env: Envelope<gridmon_nats::wire::ProgramEvent> =
+            wire::decode(&msg.payload, Kind::ProgramEvent).unwrap();
+        seen.push(env.body.to);
+        if env.body.to == ProgramState::Stopped {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&ProgramState::Stopped),
+        "the drain's stop event reached the bus before the agent exited: {seen:?}"
+    );
+}
