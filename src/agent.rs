@@ -126,8 +126,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             shutdown.clone(),
         );
         producers.spawn(
-            refresh_registry(client, id, cfg, sup, stop)
-                .instrument(tracing::info_span!("registry")),
+            gridmon_nats::registry::keep_fresh(
+                async_nats::jetstream::new(client),
+                cfg.registry_bucket,
+                cfg.registry_every,
+                env!("CARGO_PKG_VERSION").into(),
+                move || {
+                    let programs = sup.as_ref().map(|s| s.programs()).unwrap_or_default();
+                    vec![(id.clone(), programs)]
+                },
+                stop,
+            )
+            .instrument(tracing::info_span!("registry")),
         );
     }
 
@@ -545,74 +555,6 @@ fn control_server(
         allow_poweroff: config.supervisor.allow_poweroff,
         replies_sent: Arc::default(),
     })
-}
-
-/// Keeps this node's registry entry fresh so that `gridmon ctl` counts it among its group's
-/// members; a bus or JetStream outage is retried every period.
-async fn refresh_registry(
-    client: async_nats::Client,
-    id: NodeId,
-    cfg: gridmon_nats::config::CommandsConfig,
-    supervisor: Option<SupervisorHandle>,
-    shutdown: CancellationToken,
-) {
-    use gridmon_nats::command::RegistryEntry;
-    let js = async_nats::jetstream::new(client);
-    let mut store = None;
-    let mut tick = tokio::time::interval(cfg.registry_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
-        }
-        if store.is_none() {
-            // Entries of nodes gone for a week are forgotten.
-            match gridmon_nats::registry::open(
-                &js,
-                &cfg.registry_bucket,
-                true,
-                Duration::from_secs(7 * 24 * 3600),
-            )
-            .await
-            {
-                Ok(s) => store = Some(s),
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot open the registry; retrying");
-                        failing = true;
-                    }
-                    continue;
-                }
-            }
-        }
-        let Some(kv) = &store else { continue };
-        let entry = RegistryEntry {
-            schema: gridmon_nats::wire::SCHEMA_VERSION,
-            source: Source::from(&id),
-            seen_ms: now_ms(),
-            every_ms: u64::try_from(cfg.registry_every.as_millis()).unwrap_or(u64::MAX),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            programs: supervisor
-                .as_ref()
-                .map(|s| s.programs())
-                .unwrap_or_default(),
-        };
-        match gridmon_nats::registry::put(kv, &id, &entry).await {
-            Ok(()) if failing => {
-                tracing::info!("registry refreshed again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot refresh the registry; retrying");
-                    failing = true;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -130,3 +130,74 @@ pub async fn load(
     }
     Ok((out, bad))
 }
+
+/// How long entries of nodes that stopped refreshing are kept (after that they are forgotten).
+pub const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Puts in flight at once when one process refreshes many entries (the simulator).
+const PUT_CONCURRENCY: usize = 64;
+
+/// Refreshes the entries `members` lists (node and its programs) every `every` until `stop`.
+/// A bus or JetStream outage is logged once and retried every period.
+pub async fn keep_fresh<F>(
+    js: jetstream::Context,
+    bucket: String,
+    every: Duration,
+    agent_version: String,
+    mut members: F,
+    stop: tokio_util::sync::CancellationToken,
+) where
+    F: FnMut() -> Vec<(NodeId, Vec<String>)>,
+{
+    let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    let mut store = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if store.is_none() {
+            match open(&js, &bucket, true, KEEP).await {
+                Ok(s) => store = Some(s),
+                Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "cannot open the registry; retrying");
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(kv) = &store else { continue };
+        let seen_ms = crate::frame::now_ms();
+        let puts = members().into_iter().map(|(id, programs)| {
+            let entry = RegistryEntry {
+                schema: crate::wire::SCHEMA_VERSION,
+                source: crate::wire::Source::from(&id),
+                seen_ms,
+                every_ms,
+                agent_version: agent_version.clone(),
+                programs,
+            };
+            async move { put(kv, &id, &entry).await }
+        });
+        let results: Vec<_> = futures::stream::iter(puts)
+            .buffer_unordered(PUT_CONCURRENCY)
+            .collect()
+            .await;
+        match results.iter().find_map(|r| r.as_ref().err()) {
+            Some(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(error = %e, "cannot refresh the registry; retrying");
+                }
+            }
+            None => {
+                if std::mem::replace(&mut failing, false) {
+                    tracing::info!("registry refreshed again");
+                }
+            }
+        }
+    }
+}

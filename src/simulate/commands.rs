@@ -10,14 +10,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::Client;
 use futures::StreamExt;
 use gridmon_nats::command::{
-    decode_request, is_command, CommandReply, Encoding, ErrorKind, Op, RegistryEntry, Request,
-    ENCODING_HEADER,
+    decode_request, is_command, CommandReply, Encoding, ErrorKind, Op, Request, ENCODING_HEADER,
 };
 use gridmon_nats::config::CommandsConfig;
 use gridmon_nats::frame::now_ms;
@@ -27,11 +26,6 @@ use gridmon_nats::{Family, NodeId, Parsed, Scope, Subjects};
 use tokio_util::sync::CancellationToken;
 
 use super::Latest;
-
-/// Registry entries of nodes gone this long are forgotten (as the agent's).
-const REGISTRY_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Registry writes in flight at once.
-const REGISTRY_CONCURRENCY: usize = 64;
 
 /// Each node's supervised programs as of its latest report; `None` while the node is silent.
 #[derive(Debug, Clone)]
@@ -57,7 +51,7 @@ impl Programs {
     }
 
     /// The names of the programs of every node that is not silent, by node index.
-    fn names(&self) -> Vec<(usize, Vec<String>)> {
+    pub fn names(&self) -> Vec<(usize, Vec<String>)> {
         let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
         v.iter()
             .enumerate()
@@ -312,77 +306,5 @@ fn refused(kind: ErrorKind, message: String) -> CommandReply {
         error: Some(kind),
         message,
         ..Default::default()
-    }
-}
-
-/// Keeps every node's registry entry fresh (silent nodes excepted) until `stop`; a JetStream
-/// outage is retried every period.
-pub async fn refresh_registry(
-    client: Client,
-    ids: Vec<NodeId>,
-    cfg: CommandsConfig,
-    programs: Programs,
-    stop: CancellationToken,
-) {
-    let js = async_nats::jetstream::new(client);
-    let every_ms = u64::try_from(cfg.registry_every.as_millis()).unwrap_or(u64::MAX);
-    let mut store = None;
-    let mut tick = tokio::time::interval(cfg.registry_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => break,
-        }
-        if store.is_none() {
-            match gridmon_nats::registry::open(&js, &cfg.registry_bucket, true, REGISTRY_KEEP).await
-            {
-                Ok(s) => store = Some(s),
-                Err(e) => {
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(error = %e, "cannot open the registry; retrying");
-                    }
-                    continue;
-                }
-            }
-        }
-        let Some(kv) = &store else { continue };
-        let began = Instant::now();
-        let seen_ms = now_ms();
-        let puts = programs.names().into_iter().filter_map(|(i, names)| {
-            let id = ids.get(i)?;
-            let entry = RegistryEntry {
-                schema: SCHEMA_VERSION,
-                source: Source::from(id),
-                seen_ms,
-                every_ms,
-                agent_version: "simulated".into(),
-                programs: names,
-            };
-            Some(async move { gridmon_nats::registry::put(kv, id, &entry).await })
-        });
-        let results: Vec<_> = futures::stream::iter(puts)
-            .buffer_unordered(REGISTRY_CONCURRENCY)
-            .collect()
-            .await;
-        let errors = results.iter().filter(|r| r.is_err()).count();
-        match results.iter().find_map(|r| r.as_ref().err()) {
-            Some(e) => {
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(error = %e, errors, "cannot refresh the registry; retrying");
-                }
-            }
-            None => {
-                if std::mem::replace(&mut failing, false) {
-                    tracing::info!("registry refreshed again");
-                }
-                tracing::debug!(
-                    entries = results.len(),
-                    ms = began.elapsed().as_millis() as u64,
-                    "registry refreshed"
-                );
-            }
-        }
     }
 }

@@ -236,13 +236,23 @@ pub async fn run(
                 run_id,
             );
             tracker.spawn(
-                commands::refresh_registry(
-                    cmd_client,
-                    ids,
-                    config.commands.clone(),
-                    programs.clone(),
-                    stop.clone(),
-                )
+                {
+                    let programs = programs.clone();
+                    gridmon_nats::registry::keep_fresh(
+                        async_nats::jetstream::new(cmd_client),
+                        config.commands.registry_bucket.clone(),
+                        config.commands.registry_every,
+                        "simulated".into(),
+                        move || {
+                            programs
+                                .names()
+                                .into_iter()
+                                .filter_map(|(i, names)| Some((ids.get(i)?.clone(), names)))
+                                .collect()
+                        },
+                        stop.clone(),
+                    )
+                }
                 .instrument(tracing::info_span!("registry")),
             );
             Some(
