@@ -451,8 +451,11 @@ async fn logs_are_captured_rotated_and_tailed() {
     assert_eq!(last, ["line 997", "line 998", "line 999"]);
     std::fs::write(&go, b"").unwrap();
     let live = dir.path().join("logs/chatty.out.log");
+    // The write after a copy-and-truncate lands at the start of the file (O_APPEND), leaving no
+    // hole of NULs. (Under load a rotation can come mid-burst, so what precedes it may vary.)
     eventually("write after truncation", || {
-        (std::fs::read(&live).ok()? == b"after\n").then_some(())
+        let text = std::fs::read(&live).ok()?;
+        (text.ends_with(b"after\n") && !text.contains(&0)).then_some(())
     })
     .await;
     let last = r.handle.logs("chatty", LogStream::Stdout, 2).await.unwrap();
@@ -470,7 +473,9 @@ async fn logs_are_captured_rotated_and_tailed() {
         .logs("chatty", LogStream::Stdout, 100_000)
         .await
         .unwrap();
-    assert_eq!(all.len(), 1001, "capped by what exists");
+    // Capped by what exists; lines written during a copy may be lost (documented in logs.rs).
+    assert!(all.len() <= 1001 && all.len() > 900, "{}", all.len());
+    assert_eq!(all.last().map(String::as_str), Some("after"));
     assert!(matches!(
         r.handle.logs("nope", LogStream::Stdout, 1).await,
         Err(OpError::UnknownProgram(_))
