@@ -93,7 +93,9 @@ pub enum ExitStatus {
     Code(i32),
     /// Killed by this signal number.
     Signal(i32),
-    /// Ended while not our child (a re-adopted process): the status cannot be known.
+    /// Ended while not our child (a re-adopted process): the status cannot be known. Also what
+    /// a `how` this build does not know decodes to.
+    #[serde(other)]
     Unknown,
 }
 
@@ -167,4 +169,27 @@ pub struct ProgramEvent {
     pub ts_ms: i64,
     /// Whether this transition should raise an alarm (entering `error`, or a crash loop).
     pub alarm: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_round_trips_and_tolerates_a_newer_how() {
+        for e in [
+            ExitStatus::Code(3),
+            ExitStatus::Signal(9),
+            ExitStatus::Unknown,
+        ] {
+            let text = serde_json::to_string(&e).unwrap();
+            assert_eq!(
+                serde_json::from_str::<ExitStatus>(&text).unwrap(),
+                e,
+                "{text}"
+            );
+        }
+        let newer: ExitStatus = serde_json::from_str(r#"{"how":"oom_killed"}"#).unwrap();
+        assert_eq!(newer, ExitStatus::Unknown);
+    }
 }
