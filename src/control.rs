@@ -580,14 +580,8 @@ impl Control {
 
 fn reply_err(req: &Request, kind: ErrorKind, message: String, received: Instant) -> CommandReply {
     CommandReply {
-        ok: false,
-        error: Some(kind),
-        message,
-        op: req.body.op,
-        program: req.body.program.clone(),
-        request_id: req.body.nonce.clone(),
         duration_us: micros(received),
-        ..Default::default()
+        ..CommandReply::error(&req.body, kind, message)
     }
 }
 

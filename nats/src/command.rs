@@ -552,6 +552,21 @@ pub struct CommandReply {
     pub duration_us: u64,
 }
 
+impl CommandReply {
+    /// A refusal or failure of the command `body`.
+    pub fn error(body: &CommandBody, kind: ErrorKind, message: String) -> Self {
+        Self {
+            ok: false,
+            error: Some(kind),
+            message,
+            op: body.op,
+            program: body.program.clone(),
+            request_id: body.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// One installed release, in a `list` reply.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -216,7 +216,7 @@ impl Responder {
         };
         let mut reply = match node.guard.check(&req, now_ms()) {
             Ok(_) => run_op(&req, programs, &node.id),
-            Err(denial) => reply_err(&req, ErrorKind::Denied, denial.to_string()),
+            Err(denial) => CommandReply::error(&req.body, ErrorKind::Denied, denial.to_string()),
         };
         reply.duration_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
         reply
@@ -252,12 +252,12 @@ impl Responder {
 fn run_op(req: &Request, programs: Vec<ProgramStatus>, id: &NodeId) -> CommandReply {
     let b = &req.body;
     if b.op == Op::Unknown {
-        return reply_err(req, ErrorKind::Invalid, "unknown operation".into());
+        return CommandReply::error(&req.body, ErrorKind::Invalid, "unknown operation".into());
     }
     if let Some(p) = &b.program {
         if !programs.iter().any(|s| &s.name == p) {
-            return reply_err(
-                req,
+            return CommandReply::error(
+                &req.body,
                 ErrorKind::UnknownProgram,
                 format!("no program {p:?} is configured on {id}"),
             );
@@ -278,7 +278,7 @@ fn run_op(req: &Request, programs: Vec<ProgramStatus>, id: &NodeId) -> CommandRe
             };
         }
         _ => {
-            let mut r = reply_err(req, ErrorKind::Failed, "simulated node".into());
+            let mut r = CommandReply::error(&req.body, ErrorKind::Failed, "simulated node".into());
             if let Some(p) = &b.program {
                 r.programs = programs.into_iter().filter(|s| &s.name == p).collect();
             }
@@ -286,18 +286,6 @@ fn run_op(req: &Request, programs: Vec<ProgramStatus>, id: &NodeId) -> CommandRe
         }
     }
     reply
-}
-
-fn reply_err(req: &Request, kind: ErrorKind, message: String) -> CommandReply {
-    CommandReply {
-        ok: false,
-        error: Some(kind),
-        message,
-        op: req.body.op,
-        program: req.body.program.clone(),
-        request_id: req.body.nonce.clone(),
-        ..Default::default()
-    }
 }
 
 fn refused(kind: ErrorKind, message: String) -> CommandReply {
