@@ -344,6 +344,43 @@ fn load_key(config: &Config, args: &CtlArgs, op: Op) -> anyhow::Result<Option<nk
     Ok(Some(read_key(&path)?))
 }
 
+/// Sends one command to one node and waits for its reply: the path of the views (`gridmon top`,
+/// `gridmon web`), which act on one node at a time. `body` gets the issuer, the target and a fresh
+/// expiry and nonce here; the caller fills in the operation's arguments.
+pub async fn request_one(
+    client: &async_nats::Client,
+    config: &Config,
+    node: &NodeId,
+    mut body: CommandBody,
+    key: Option<&nkeys::KeyPair>,
+    timeout: Duration,
+) -> anyhow::Result<CommandReply> {
+    let lifetime = i64::try_from(config.commands.expiry.as_millis()).unwrap_or(60_000);
+    let now = now_ms();
+    body.target = Target::node(node);
+    if let Some(k) = key {
+        body.issuer = k.public_key();
+    }
+    body.issued_ms = now;
+    body.expires_ms = now.saturating_add(lifetime.clamp(1, gridmon_nats::command::MAX_LIFETIME_MS));
+    body.nonce = gridmon_nats::command::new_nonce();
+    let payload = encode_request(&body, key, Encoding::MsgPack)?;
+    let subject = config
+        .subjects()?
+        .family(Family::Cmd, &Scope::Node(node.clone()));
+    let msg = match tokio::time::timeout(timeout, client.request(subject, payload.into())).await {
+        Err(_) => bail!("{node} did not answer within {}", humantime::format_duration(timeout)),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            bail!("{node} is not listening for commands (no agent answers there)")
+        }
+        Ok(Err(e)) => return Err(anyhow::anyhow!(e).context(format!("sending {} to {node}", body.op))),
+        Ok(Ok(m)) => m,
+    };
+    let env = gridmon_nats::wire::decode::<CommandReply>(&msg.payload, Kind::CommandReply)
+        .with_context(|| format!("{node}'s reply does not decode"))?;
+    Ok(env.body)
+}
+
 /// Reads an nkey seed file (`gridmon keygen` output); lines starting with `#` are ignored.
 pub fn read_key(path: &Path) -> anyhow::Result<nkeys::KeyPair> {
     let text = std::fs::read_to_string(path)

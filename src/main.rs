@@ -8,7 +8,9 @@ mod demo;
 mod ingest;
 mod release;
 mod simulate;
+mod top;
 mod watch;
+mod web;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,6 +54,29 @@ enum Command {
     Keygen(ctl::KeygenArgs),
     /// Upload and list program releases in the NATS object store.
     Release(ReleaseCmd),
+    /// The live terminal view: grid → cluster → group → node, process table, program actions.
+    Top(TopCmd),
+    /// The web dashboard: static, real-time and history views, and process management.
+    Web(WebArgs),
+    /// Hash a dashboard password (read from stdin) for `[[web.users]]`.
+    HashPassword,
+}
+
+#[derive(Debug, Args)]
+struct TopCmd {
+    #[command(flatten)]
+    bus: BusArgs,
+    #[command(flatten)]
+    args: top::TopArgs,
+}
+
+#[derive(Debug, Args)]
+struct WebArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on (default `web.listen`, `127.0.0.1:8080`).
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +263,15 @@ fn init_logging(filter: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::HashPassword = &cli.command {
+        return match web::hash_password_from_stdin() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gridmon: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Keygen(k) = &cli.command {
         return match ctl::keygen(k) {
             Ok(()) => ExitCode::SUCCESS,
@@ -254,15 +288,25 @@ fn main() -> ExitCode {
             &ctl_common
         }
         Command::Release(r) => &r.common,
-        Command::Keygen(_) => return ExitCode::SUCCESS,
+        Command::Top(t) => {
+            ctl_common = t.bus.common();
+            &ctl_common
+        }
+        Command::Keygen(_) | Command::HashPassword => return ExitCode::SUCCESS,
         Command::Agent(c) => c,
+        Command::Web(w) => &w.common,
         Command::Aggregate(a) => &a.common,
         Command::Simulate(s) => &s.common,
         Command::Ingest(i) => &i.common,
         Command::Watch(w) => &w.common,
         Command::Demo(d) => &d.common,
     };
-    init_logging(&common.log);
+    // The terminal view owns the screen: it logs only where GRIDMON_LOG_FILE says.
+    if matches!(cli.command, Command::Top(_)) {
+        top::init_logging(&common.log);
+    } else {
+        init_logging(&common.log);
+    }
     let mut config = match common.load() {
         Ok(c) => c,
         Err(e) => {
@@ -310,7 +354,9 @@ fn main() -> ExitCode {
                 Ok(false) => Err(anyhow::anyhow!("not every target succeeded")),
                 Err(e) => Err(e),
             },
-            Command::Keygen(_) => Ok(()),
+            Command::Keygen(_) | Command::HashPassword => Ok(()),
+            Command::Top(t) => top::run(config, t.args, shutdown_on_signal()).await,
+            Command::Web(w) => web::run(config, w.listen, shutdown_on_signal()).await,
             Command::Release(r) => match r.action {
                 ReleaseAction::Push {
                     program,

@@ -13,6 +13,8 @@ mod python;
 mod queries;
 mod releases;
 mod simulate;
+mod top;
+mod web;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -1,0 +1,1 @@
+//! `gridmon top` under tmux (filled in with the view).

@@ -1,0 +1,1 @@
+//! `gridmon web`: the JSON API without a browser, and the pages in headless Chromium.
