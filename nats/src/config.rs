@@ -17,10 +17,12 @@ use crate::subject::Subjects;
 mod commands;
 mod ingest;
 mod releases;
+mod web;
 pub use commands::*;
 pub use gridmon_commands::spec::{ProgramSpec, SupervisorConfig};
 pub use ingest::*;
 pub use releases::*;
+pub use web::*;
 
 /// A secret from config: never printed by `Debug` or `Display`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +352,8 @@ pub struct Config {
     /// The supervised worker programs, by name (`[programs.<name>]`).
     pub programs: std::collections::BTreeMap<String, ProgramSpec>,
     pub releases: ReleasesConfig,
+    /// The dashboard (`gridmon web`).
+    pub web: WebConfig,
 }
 
 /// Settings given on the command line; `None` leaves the layer below in force.
@@ -519,6 +523,7 @@ impl Config {
         self.clickhouse.validate()?;
         self.ingest.validate()?;
         self.commands.validate()?;
+        self.web.validate()?;
         self.releases
             .validate()
             .map_err(|m| invalid("releases", m))?;

@@ -1,0 +1,715 @@
+//! The dashboard's real-time state, fed by its own NATS subscriptions: per node the latest
+//! figures and a short history, the latest rollup per scope, the active alarms and the recent
+//! events. Pushed frames are rendered from here once per tick and shared by every browser that
+//! shows the same view.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gridmon_aggregators::sample::{FaultKind, Metric, NodeSample};
+use gridmon_nats::wire::{
+    self, AlarmAction, AlarmEvent, Event, Kind, NodeReport, ProgramEvent, ReportView, Rollup,
+    Severity,
+};
+use gridmon_nats::{Family, Parsed, Scope, Subjects};
+use serde::Serialize;
+
+/// The four resource classes of the real-time charts, in this order everywhere.
+pub const RESOURCES: [&str; 4] = ["cpu", "mem", "swap", "disk"];
+
+/// Most recent events kept for the events panel.
+const EVENTS_KEPT: usize = 200;
+
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSettings {
+    pub points: usize,
+    pub forget_after_ms: i64,
+    pub stale_after: u32,
+    pub offline_after: u32,
+}
+
+/// What arrived and what was skipped, since start (`/api/stats`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LiveStats {
+    pub received: u64,
+    pub node_reports: u64,
+    pub rollups: u64,
+    pub alarms: u64,
+    pub events: u64,
+    /// Did not decode, or had the wrong kind for their subject.
+    pub malformed: u64,
+    /// Subjects the dashboard does not show (commands, audit, inventory).
+    pub ignored: u64,
+    /// Frames rendered (each shared by every browser on the same view).
+    pub frames_rendered: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    t_ms: i64,
+    v: [f32; 4],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultLine {
+    /// `temperature`, `fan`, `voltage` (hardware) or `crashed`, `error` (programs).
+    pub kind: &'static str,
+    pub hardware: bool,
+    pub instance: String,
+    pub value: f64,
+}
+
+#[derive(Debug)]
+struct NodeLive {
+    cluster: String,
+    group: String,
+    node: String,
+    interval_ms: u32,
+    /// Local clock when the last report arrived.
+    seen_ms: i64,
+    points: VecDeque<Point>,
+    temp_max: Option<f32>,
+    faults: Vec<FaultLine>,
+    programs_failed: u32,
+    report: Bytes,
+    /// The last report that carried a process table.
+    table: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlarmLine {
+    pub id: String,
+    pub scope: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub metric: String,
+    pub instance: Option<String>,
+    pub value: f64,
+    pub raised_ms: i64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventLine {
+    pub ts_ms: i64,
+    pub scope: String,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Live {
+    settings: LiveSettings,
+    subjects: Subjects,
+    nodes: BTreeMap<String, NodeLive>,
+    rollups: BTreeMap<String, Rollup>,
+    alarms: BTreeMap<String, AlarmLine>,
+    events: VecDeque<EventLine>,
+    /// Per cluster: time, mean and max of each resource over its online nodes, one per tick.
+    series: BTreeMap<String, VecDeque<(i64, [Option<f32>; 4], [Option<f32>; 4])>>,
+    pub stats: LiveStats,
+    tick: u64,
+    cache: HashMap<String, (u64, Arc<str>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Online,
+    Stale,
+    Offline,
+}
+
+fn opt(v: f32) -> Option<f32> {
+    v.is_finite().then_some(v)
+}
+
+fn key(cluster: &str, group: &str, node: &str) -> String {
+    format!("{cluster}/{group}/{node}")
+}
+
+impl Live {
+    pub fn new(settings: LiveSettings, subjects: Subjects) -> Self {
+        Self {
+            settings,
+            subjects,
+            nodes: BTreeMap::new(),
+            rollups: BTreeMap::new(),
+            alarms: BTreeMap::new(),
+            events: VecDeque::new(),
+            series: BTreeMap::new(),
+            stats: LiveStats::default(),
+            tick: 0,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Takes one message from the bus. Never fails: what does not decode is counted.
+    /// `telemetry`: it came from a telemetry wildcard, which also matches some non-telemetry
+    /// subjects; those are taken from their own family subscription instead.
+    pub fn accept(&mut self, subject: &str, payload: Bytes, telemetry: bool, now_ms: i64) {
+        self.stats.received += 1;
+        let parsed = match self.subjects.parse(subject) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.ignored += 1;
+                return;
+            }
+        };
+        let ok = match parsed {
+            Parsed::Other(..) if telemetry => {
+                self.stats.ignored += 1;
+                true
+            }
+            Parsed::Telemetry(_) if !telemetry => {
+                self.stats.ignored += 1;
+                true
+            }
+            Parsed::Telemetry(Scope::Node(id)) => {
+                self.node_report(&id.cluster, &id.group, &id.node, payload, now_ms)
+            }
+            Parsed::Telemetry(scope) => self.take_rollup(&scope, &payload),
+            Parsed::Other(Family::Alarm, scope) => self.alarm(&scope, &payload),
+            Parsed::Other(Family::Event, scope) => self.event(&scope, &payload),
+            Parsed::Other(..) => {
+                self.stats.ignored += 1;
+                true
+            }
+        };
+        if !ok {
+            self.stats.malformed += 1;
+        }
+    }
+
+    fn node_report(
+        &mut self,
+        cluster: &str,
+        group: &str,
+        node: &str,
+        payload: Bytes,
+        now_ms: i64,
+    ) -> bool {
+        let Ok(env) = wire::decode::<ReportView>(&payload, Kind::NodeReport) else {
+            return false;
+        };
+        if env.source.group.as_deref() != Some(group)
+            || env.source.node.as_deref() != Some(node)
+            || env.source.cluster != cluster
+        {
+            return false;
+        }
+        self.stats.node_reports += 1;
+        let r = &env.body;
+        let s = NodeSample::from_report(r);
+        let get = |m: Metric| s.get(m).map_or(f32::NAN, |v| v as f32);
+        let point = Point {
+            t_ms: env.ts_ms,
+            v: [
+                get(Metric::CpuPct),
+                get(Metric::MemUsedPct),
+                get(Metric::SwapUsedPct),
+                get(Metric::DiskBusyPct),
+            ],
+        };
+        let faults = s
+            .fault_list
+            .iter()
+            .map(|f| {
+                let (kind, hardware) = match f.kind {
+                    FaultKind::SensorCrit => ("temperature", true),
+                    FaultKind::FanStopped => ("fan", true),
+                    FaultKind::VoltageRange => ("voltage", true),
+                    FaultKind::ProgramCrashed => ("crashed", false),
+                    FaultKind::ProgramError => ("error", false),
+                };
+                FaultLine {
+                    kind,
+                    hardware,
+                    instance: f.instance.to_string(),
+                    value: f.value,
+                }
+            })
+            .collect();
+        let points = self.settings.points;
+        let k = key(cluster, group, node);
+        let n = self.nodes.entry(k).or_insert_with(|| NodeLive {
+            cluster: cluster.into(),
+            group: group.into(),
+            node: node.into(),
+            interval_ms: 1000,
+            seen_ms: now_ms,
+            points: VecDeque::with_capacity(points),
+            temp_max: None,
+            faults: Vec::new(),
+            programs_failed: 0,
+            report: Bytes::new(),
+            table: None,
+        });
+        n.interval_ms = r.interval_ms.max(1);
+        n.seen_ms = now_ms;
+        // Reports out of order (a spool flushing) go into the history where they belong.
+        let at = n.points.partition_point(|p| p.t_ms <= point.t_ms);
+        if at == n.points.len() || n.points[at].t_ms != point.t_ms {
+            n.points.insert(at, point);
+        }
+        while n.points.len() > points {
+            n.points.pop_front();
+        }
+        n.temp_max = s.temp_max().map(|t| t as f32);
+        n.faults = faults;
+        n.programs_failed = s.programs.failed();
+        if r.processes.is_some() {
+            n.table = Some(payload.clone());
+        }
+        n.report = payload;
+        true
+    }
+
+    fn take_rollup(&mut self, scope: &Scope, payload: &[u8]) -> bool {
+        let Ok(env) = wire::decode::<Rollup>(payload, Kind::Rollup) else {
+            return false;
+        };
+        self.stats.rollups += 1;
+        let k = match scope {
+            Scope::Grid => String::new(),
+            other => other.to_string(),
+        };
+        self.rollups.insert(k, env.body);
+        true
+    }
+
+    fn alarm(&mut self, scope: &Scope, payload: &[u8]) -> bool {
+        let Ok(env) = wire::decode::<AlarmEvent>(payload, Kind::Alarm) else {
+            return false;
+        };
+        self.stats.alarms += 1;
+        let a = env.body;
+        self.push_event(EventLine {
+            ts_ms: a.ts_ms,
+            scope: scope.to_string(),
+            kind: format!("alarm_{}", a.action.as_str()),
+            message: a.message.clone(),
+        });
+        match a.action {
+            AlarmAction::Raise => {
+                self.alarms.insert(
+                    a.id.clone(),
+                    AlarmLine {
+                        id: a.id,
+                        scope: scope.to_string(),
+                        rule: a.rule,
+                        severity: a.severity,
+                        metric: a.metric,
+                        instance: a.instance,
+                        value: a.value,
+                        raised_ms: a.raised_ms,
+                        message: a.message,
+                    },
+                );
+            }
+            AlarmAction::Clear => {
+                self.alarms.remove(&a.id);
+            }
+        }
+        true
+    }
+
+    fn event(&mut self, scope: &Scope, payload: &[u8]) -> bool {
+        let Ok(h) = wire::peek(payload) else {
+            return false;
+        };
+        let line = match h.kind {
+            Kind::Event => match wire::decode::<Event>(payload, Kind::Event) {
+                Ok(e) => EventLine {
+                    ts_ms: e.ts_ms,
+                    scope: scope.to_string(),
+                    kind: e.body.event.as_str().into(),
+                    message: e.body.message,
+                },
+                Err(_) => return false,
+            },
+            Kind::ProgramEvent => match wire::decode::<ProgramEvent>(payload, Kind::ProgramEvent) {
+                Ok(e) => EventLine {
+                    ts_ms: e.ts_ms,
+                    scope: scope.to_string(),
+                    kind: "program".into(),
+                    message: format!(
+                        "{}: {} → {}",
+                        e.body.program,
+                        e.body.from.as_str(),
+                        e.body.to.as_str()
+                    ),
+                },
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        self.stats.events += 1;
+        self.push_event(line);
+        true
+    }
+
+    fn push_event(&mut self, e: EventLine) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    fn liveness(&self, n: &NodeLive, now_ms: i64) -> Liveness {
+        let age = now_ms.saturating_sub(n.seen_ms);
+        let iv = i64::from(n.interval_ms);
+        if age > iv * i64::from(self.settings.offline_after) {
+            Liveness::Offline
+        } else if age > iv * i64::from(self.settings.stale_after) {
+            Liveness::Stale
+        } else {
+            Liveness::Online
+        }
+    }
+
+    /// Once per push period: forgets long-silent nodes, appends a point to each cluster's
+    /// series, and starts a new frame generation.
+    pub fn tick(&mut self, now_ms: i64) {
+        let forget = self.settings.forget_after_ms;
+        self.nodes
+            .retain(|_, n| now_ms.saturating_sub(n.seen_ms) <= forget);
+        let mut acc: BTreeMap<&str, ([f64; 4], [u32; 4], [f32; 4])> = BTreeMap::new();
+        for n in self.nodes.values() {
+            let e = acc
+                .entry(n.cluster.as_str())
+                .or_insert(([0.0; 4], [0; 4], [f32::NAN; 4]));
+            if self.liveness(n, now_ms) != Liveness::Online {
+                continue;
+            }
+            let Some(p) = n.points.back() else { continue };
+            for i in 0..4 {
+                if p.v[i].is_finite() {
+                    e.0[i] += f64::from(p.v[i]);
+                    e.1[i] += 1;
+                    e.2[i] = if e.2[i].is_nan() {
+                        p.v[i]
+                    } else {
+                        e.2[i].max(p.v[i])
+                    };
+                }
+            }
+        }
+        let points = self.settings.points;
+        for (cluster, (sum, count, max)) in acc {
+            let mean = std::array::from_fn(|i| {
+                (count[i] > 0).then(|| (sum[i] / f64::from(count[i])) as f32)
+            });
+            let max = std::array::from_fn(|i| opt(max[i]));
+            let s = self.series.entry(cluster.to_string()).or_default();
+            s.push_back((now_ms, mean, max));
+            while s.len() > points {
+                s.pop_front();
+            }
+        }
+        let nodes = &self.nodes;
+        self.series
+            .retain(|c, _| nodes.values().any(|n| &n.cluster == c));
+        self.tick += 1;
+        self.cache.retain(|_, (t, _)| *t + 1 >= self.tick);
+    }
+
+    /// The frame for `view` at the current tick, rendered once and shared.
+    pub fn frame(&mut self, view: &View, now_ms: i64) -> Arc<str> {
+        let k = view.cache_key();
+        if let Some((t, f)) = self.cache.get(&k) {
+            if *t == self.tick {
+                return f.clone();
+            }
+        }
+        let json = match view {
+            View::Grid => serde_json::to_string(&self.grid_frame(now_ms)),
+            View::Cluster(c) => serde_json::to_string(&self.cluster_frame(c, now_ms)),
+            View::Node(id) => serde_json::to_string(&self.node_frame(id, now_ms)),
+        };
+        let f: Arc<str> = json
+            .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+            .into();
+        self.stats.frames_rendered += 1;
+        self.cache.insert(k, (self.tick, f.clone()));
+        f
+    }
+
+    fn alarms_under(&self, prefix: &str) -> Vec<&AlarmLine> {
+        let mut v: Vec<&AlarmLine> = self
+            .alarms
+            .values()
+            .filter(|a| {
+                prefix.is_empty()
+                    || a.scope == prefix
+                    || a.scope.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'))
+            })
+            .collect();
+        v.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.raised_ms.cmp(&a.raised_ms)));
+        v.truncate(200);
+        v
+    }
+
+    fn events_under(&self, prefix: &str) -> Vec<&EventLine> {
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| {
+                prefix.is_empty()
+                    || e.scope == prefix
+                    || e.scope.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'))
+            })
+            .take(50)
+            .collect()
+    }
+
+    fn faults_of<'a>(&'a self, nodes: impl Iterator<Item = &'a NodeLive>) -> Vec<NodeFault<'a>> {
+        let mut out = Vec::new();
+        for n in nodes {
+            for f in &n.faults {
+                out.push(NodeFault {
+                    node: key(&n.cluster, &n.group, &n.node),
+                    fault: f,
+                });
+                if out.len() >= 500 {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn grid_frame(&self, now_ms: i64) -> GridFrame<'_> {
+        let mut clusters: BTreeMap<&str, ClusterLine> = BTreeMap::new();
+        for n in self.nodes.values() {
+            let c = clusters
+                .entry(n.cluster.as_str())
+                .or_insert_with(|| ClusterLine {
+                    name: n.cluster.clone(),
+                    ..Default::default()
+                });
+            match self.liveness(n, now_ms) {
+                Liveness::Online => c.online += 1,
+                Liveness::Stale => c.stale += 1,
+                Liveness::Offline => c.offline += 1,
+            }
+            c.faults += n.faults.iter().filter(|f| f.hardware).count() as u32;
+            c.programs_failed += n.programs_failed;
+        }
+        for (name, c) in clusters.iter_mut() {
+            if let Some(last) = self.series.get(*name).and_then(|s| s.back()) {
+                c.mean = last.1;
+                c.max = last.2;
+            }
+            c.alarms = self.alarms_under(name).len() as u32;
+        }
+        GridFrame {
+            ts_ms: now_ms,
+            resources: RESOURCES,
+            clusters: clusters.into_values().collect(),
+            faults: self.faults_of(self.nodes.values()),
+            alarms: self.alarms_under(""),
+            events: self.events_under(""),
+        }
+    }
+
+    pub fn cluster_frame(&self, cluster: &str, now_ms: i64) -> ClusterFrame<'_> {
+        let members = self.nodes.values().filter(|n| n.cluster == cluster);
+        let nodes = members
+            .clone()
+            .map(|n| {
+                let last = n.points.back().map_or([f32::NAN; 4], |p| p.v);
+                NodeBar {
+                    id: format!("{}/{}", n.group, n.node),
+                    status: self.liveness(n, now_ms),
+                    v: last.map(opt),
+                    temp_max: n.temp_max,
+                    faults: n.faults.iter().filter(|f| f.hardware).count() as u32,
+                    programs_failed: n.programs_failed,
+                }
+            })
+            .collect();
+        let series = self.series.get(cluster);
+        let t = series.map_or_else(Vec::new, |s| s.iter().map(|p| p.0).collect());
+        let col = |i: usize, max: bool| -> Vec<Option<f32>> {
+            series.map_or_else(Vec::new, |s| {
+                s.iter().map(|p| if max { p.2[i] } else { p.1[i] }).collect()
+            })
+        };
+        ClusterFrame {
+            ts_ms: now_ms,
+            cluster: cluster.to_string(),
+            resources: RESOURCES,
+            nodes,
+            series: SeriesOut {
+                t,
+                mean: (0..4).map(|i| col(i, false)).collect(),
+                max: (0..4).map(|i| col(i, true)).collect(),
+            },
+            faults: self.faults_of(members),
+            alarms: self.alarms_under(cluster),
+            events: self.events_under(cluster),
+        }
+    }
+
+    pub fn node_frame(&self, id: &str, now_ms: i64) -> NodeFrame<'_> {
+        let Some(n) = self.nodes.get(id) else {
+            return NodeFrame {
+                ts_ms: now_ms,
+                node: id.to_string(),
+                found: false,
+                status: Liveness::Offline,
+                seen_ms: None,
+                series: SeriesOut::default(),
+                report: None,
+                faults: Vec::new(),
+                alarms: self.alarms_under(id),
+                events: self.events_under(id),
+            };
+        };
+        let report = wire::decode::<NodeReport>(&n.report, Kind::NodeReport)
+            .ok()
+            .map(|mut e| {
+                // The table comes with its own (slower) reports; the charts need no rows.
+                e.body.processes = None;
+                e
+            });
+        NodeFrame {
+            ts_ms: now_ms,
+            node: id.to_string(),
+            found: true,
+            status: self.liveness(n, now_ms),
+            seen_ms: Some(n.seen_ms),
+            series: SeriesOut {
+                t: n.points.iter().map(|p| p.t_ms).collect(),
+                mean: (0..4)
+                    .map(|i| n.points.iter().map(|p| opt(p.v[i])).collect())
+                    .collect(),
+                max: Vec::new(),
+            },
+            report,
+            faults: n.faults.iter().collect(),
+            alarms: self.alarms_under(id),
+            events: self.events_under(id),
+        }
+    }
+
+    /// The latest process table of a node, decoded.
+    pub fn process_table(&self, id: &str) -> Option<(i64, wire::ProcessTable)> {
+        let n = self.nodes.get(id)?;
+        let e = wire::decode::<NodeReport>(n.table.as_ref()?, Kind::NodeReport).ok()?;
+        Some((e.ts_ms, e.body.processes?))
+    }
+
+    pub fn rollup(&self, scope: &str) -> Option<&Rollup> {
+        self.rollups.get(scope)
+    }
+
+    /// The known nodes, `cluster/group/node`, sorted.
+    pub fn node_ids(&self) -> impl Iterator<Item = &str> {
+        self.nodes.keys().map(String::as_str)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+/// What a browser watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    Grid,
+    Cluster(String),
+    /// `cluster/group/node`.
+    Node(String),
+}
+
+impl View {
+    fn cache_key(&self) -> String {
+        match self {
+            Self::Grid => "g".into(),
+            Self::Cluster(c) => format!("c:{c}"),
+            Self::Node(n) => format!("n:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeFault<'a> {
+    pub node: String,
+    #[serde(flatten)]
+    pub fault: &'a FaultLine,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ClusterLine {
+    pub name: String,
+    pub online: u32,
+    pub stale: u32,
+    pub offline: u32,
+    /// Mean and max of [`RESOURCES`] over the online nodes, latest tick.
+    pub mean: [Option<f32>; 4],
+    pub max: [Option<f32>; 4],
+    pub faults: u32,
+    pub programs_failed: u32,
+    pub alarms: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GridFrame<'a> {
+    pub ts_ms: i64,
+    pub resources: [&'static str; 4],
+    pub clusters: Vec<ClusterLine>,
+    pub faults: Vec<NodeFault<'a>>,
+    pub alarms: Vec<&'a AlarmLine>,
+    pub events: Vec<&'a EventLine>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeBar {
+    /// `group/node`.
+    pub id: String,
+    pub status: Liveness,
+    /// Latest [`RESOURCES`] values, percent.
+    pub v: [Option<f32>; 4],
+    pub temp_max: Option<f32>,
+    pub faults: u32,
+    pub programs_failed: u32,
+}
+
+/// Time series for uPlot: `t` in ms, then one array per resource.
+#[derive(Debug, Default, Serialize)]
+pub struct SeriesOut {
+    pub t: Vec<i64>,
+    pub mean: Vec<Vec<Option<f32>>>,
+    pub max: Vec<Vec<Option<f32>>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterFrame<'a> {
+    pub ts_ms: i64,
+    pub cluster: String,
+    pub resources: [&'static str; 4],
+    pub nodes: Vec<NodeBar>,
+    pub series: SeriesOut,
+    pub faults: Vec<NodeFault<'a>>,
+    pub alarms: Vec<&'a AlarmLine>,
+    pub events: Vec<&'a EventLine>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeFrame<'a> {
+    pub ts_ms: i64,
+    pub node: String,
+    pub found: bool,
+    pub status: Liveness,
+    pub seen_ms: Option<i64>,
+    /// `mean` holds the node's own values.
+    pub series: SeriesOut,
+    /// The latest report without its process rows (`/api/nodes/…/processes` has them).
+    pub report: Option<wire::Envelope<NodeReport>>,
+    pub faults: Vec<&'a FaultLine>,
+    pub alarms: Vec<&'a AlarmLine>,
+    pub events: Vec<&'a EventLine>,
+}
