@@ -90,11 +90,15 @@ pub async fn run(
         "demo: ClickHouse at {ch} (database {}), filled by gridmon ingest; try:\n  curl -s {ch} --data-binary \"SELECT cluster, count(DISTINCT node) AS nodes, round(avg(cpu_pct), 1) AS cpu_pct, round(max(mem_used_pct), 1) AS mem_max_pct FROM {}.node_metrics WHERE ts > now() - INTERVAL 5 MINUTE GROUP BY cluster ORDER BY cluster\"",
         config.clickhouse.database, config.clickhouse.database
     );
+    let (web_listener, web_note) = demo_web(&mut config, &dir).await?;
     let ingest = tokio::spawn(crate::ingest::run(
         config.clone(),
         crate::ingest::Mode::default(),
         shutdown.clone(),
     ));
+    // The agents and the simulator send their inventory once at start: let the ingest's stream
+    // exist first, so the static view has it.
+    wait_for_stream(&config, &config.ingest.stream.name).await;
     let mut agg_config = config.clone();
     let plan = crate::aggregate::Plan::new(&mut agg_config, &[], None, false)
         .map_err(|e| anyhow::anyhow!("aggregate config: {e}"))?;
@@ -106,6 +110,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     let agg = tokio::spawn(crate::aggregate::run(agg_config, plan, shutdown.clone()));
+    let web = tokio::spawn(crate::web::serve(
+        config.clone(),
+        web_listener,
+        shutdown.clone(),
+    ));
+    eprintln!("{web_note}");
     let watch = tokio::spawn(crate::watch::run(
         config,
         false,
@@ -119,6 +129,7 @@ pub async fn run(
         r = agg => r.context("aggregator task")?.context("aggregator"),
         r = watch => r.context("watch task")?.context("watch"),
         r = ingest => r.context("ingest task")?.context("ingest"),
+        r = web => r.context("web task")?.context("web dashboard"),
         _ = server.wait() => Err(anyhow::anyhow!("nats-server exited; see {}", dir.join("nats.log").display())),
     };
     shutdown.cancel();
@@ -127,6 +138,69 @@ pub async fn run(
     }
     stop(&mut server).await;
     result
+}
+
+/// Waits up to a minute for the ingest to create its stream (it goes on regardless).
+async fn wait_for_stream(config: &Config, name: &str) {
+    let Ok(client) = gridmon_nats::connect::connect(&config.nats, "gridmon-demo").await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while js.get_stream(name).await.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The dashboard on 127.0.0.1:8080 (or a free port), with an `operator` and a `viewer` login
+/// whose passwords are made now and printed, signing with the demo operator key. A `[web]`
+/// section with users in the config is used as it is.
+async fn demo_web(
+    config: &mut Config,
+    dir: &Path,
+) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let addr = if config.web.listen == gridmon_nats::config::WebConfig::default().listen
+        && !port_free(8080)
+    {
+        "127.0.0.1:0".to_string()
+    } else {
+        config.web.listen.clone()
+    };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("the dashboard cannot listen on {addr}"))?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    if !config.web.users.is_empty() {
+        return Ok((listener, format!("demo: dashboard at {url}")));
+    }
+    let key_file = dir.join("operator.nk");
+    if config.web.key_file.is_none() && key_file.exists() {
+        config.web.key_file = Some(key_file);
+    }
+    let mut logins = Vec::new();
+    for (name, role) in [
+        ("operator", gridmon_nats::config::WebRole::Operator),
+        ("viewer", gridmon_nats::config::WebRole::Viewer),
+    ] {
+        let password = crate::web::random_password();
+        config.web.users.push(gridmon_nats::config::WebUser {
+            name: name.into(),
+            password_hash: crate::web::hash_password(&password)?,
+            role,
+        });
+        logins.push(format!("{name} / {password}"));
+    }
+    let file = dir.join("dashboard-logins.txt");
+    std::fs::write(&file, format!("{url}\n{}\n", logins.join("\n")))
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok((
+        listener,
+        format!(
+            "demo: dashboard at {url}  log in as {} (also in {})",
+            logins.join(" or "),
+            file.display()
+        ),
+    ))
 }
 
 /// The ClickHouse front script: `GRIDMON_CLICKHOUSE_FRONT`, or `scripts/` of the source tree

@@ -19,6 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::hash_password;
 
+/// A password for generated logins (the demo's): 16 letters and digits.
+pub fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..16)
+        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
 /// Shared by every request.
 #[derive(Debug)]
 pub struct App {

@@ -449,18 +449,20 @@ async function historyPage(params) {
     return;
   }
   $('#h-info').textContent = `${h.trends.length} clusters, ${h.step_s / 60} min steps from ${h.table}, ${h.faults.length} fault points, queried in ${h.query_ms} ms`;
-  // One time axis for all clusters: the union of their steps.
-  const ts = [...new Set(h.trends.flatMap((t) => t.t))].sort((a, b) => a - b);
+  // One time axis for all clusters: every step of the range, so a gap in the data shows as one.
+  const stepMs = h.step_s * 1000;
+  const ts = [];
+  for (let t = Math.floor(h.from_ms / stepMs) * stepMs; t < h.to_ms; t += stepMs) ts.push(t);
   const at = new Map(ts.map((t, i) => [t, i]));
   RES.forEach((r, ri) => {
     const cols = h.trends.map((tr) => {
       const col = new Array(ts.length).fill(null);
-      tr.t.forEach((t, i) => { col[at.get(t)] = tr.mean[ri][i]; });
+      tr.t.forEach((t, i) => { if (at.has(t)) col[at.get(t)] = tr.mean[ri][i]; });
       return col;
     });
     const el = $(`#trend-${r}`);
     chart(el, lineOpts(`${RES_LABEL[r]}, mean per cluster`, h.trends.map((t) => t.cluster), [0, 100]), [ts.map((t) => t / 1000), ...cols]);
-    el.dataset.points = String(ts.length);
+    el.dataset.points = String(cols.reduce((n, c) => n + c.filter((v) => v != null).length, 0));
   });
   // Fault points: time against cluster, hardware and software apart.
   const clusters = [...new Set(h.faults.map((f) => f.cluster))].sort();
