@@ -6,6 +6,7 @@ const RES = ['cpu', 'mem', 'swap', 'disk'];
 const RES_LABEL = { cpu: 'CPU %', mem: 'Memory %', swap: 'Swap %', disk: 'Disk busy %' };
 const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#d97706', '#7c3aed', '#0891b2', '#be185d', '#4d7c0f'];
 
+window.gridmonFrames = { count: 0, bytes: 0, lastMs: 0, maxMs: 0, totalMs: 0 };
 const S = { session: null, es: null, charts: [], timers: [], procs: null, procSort: { key: 'cpu', desc: true } };
 
 function esc(s) {
@@ -57,10 +58,19 @@ function live(params, onFrame) {
   const es = new EventSource(`/api/live?${params}`);
   S.es = es;
   es.addEventListener('frame', (e) => {
+    const started = performance.now();
     let f;
     try { f = JSON.parse(e.data); } catch (err) { setStatus('bad frame', true); return; }
     setStatus(`live ${new Date(f.ts_ms).toLocaleTimeString()}`);
     onFrame(f);
+    // How long a frame takes to parse and draw: the fluidity figure of docs/benchmarks.md.
+    const ms = performance.now() - started;
+    const st = window.gridmonFrames;
+    st.count += 1;
+    st.bytes = e.data.length;
+    st.lastMs = ms;
+    st.maxMs = Math.max(st.maxMs, ms);
+    st.totalMs += ms;
   });
   es.onerror = () => setStatus('reconnecting…', true);
 }
