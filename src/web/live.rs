@@ -713,3 +713,126 @@ pub struct NodeFrame<'a> {
     pub alarms: Vec<&'a AlarmLine>,
     pub events: Vec<&'a EventLine>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gridmon_nats::wire::{
+        CpuMetrics, DiskMetrics, Envelope, HostMetrics, MemoryMetrics, SensorKind, SensorReading,
+        Source, SCHEMA_VERSION,
+    };
+    use gridmon_nats::NodeId;
+
+    fn settings() -> LiveSettings {
+        LiveSettings {
+            points: 3,
+            forget_after_ms: 60_000,
+            stale_after: 3,
+            offline_after: 10,
+        }
+    }
+
+    fn report(node: &str, ts_ms: i64, cpu: f32, hot: bool) -> Bytes {
+        let id = NodeId::new("c1", "g1", node).unwrap();
+        let env = Envelope {
+            schema: SCHEMA_VERSION,
+            kind: Kind::NodeReport,
+            source: Source::from(&id),
+            ts_ms,
+            run_id: 1,
+            seq: 1,
+            body: NodeReport {
+                interval_ms: 1000,
+                host: Some(HostMetrics {
+                    cpu: CpuMetrics {
+                        total_pct: cpu,
+                        ..Default::default()
+                    },
+                    memory: MemoryMetrics {
+                        total_bytes: 100,
+                        used_bytes: 25,
+                        swap_total_bytes: 10,
+                        swap_used_bytes: 1,
+                        ..Default::default()
+                    },
+                    disks: vec![DiskMetrics {
+                        name: "sda".into(),
+                        busy_pct: 40.0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                sensors: vec![SensorReading {
+                    id: "coretemp.0/temp1".into(),
+                    kind: SensorKind::Temperature,
+                    value: if hot { 105.0 } else { 50.0 },
+                    crit: Some(100.0),
+                    alarm: hot,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        };
+        wire::encode(&env).unwrap().into()
+    }
+
+    #[test]
+    fn reports_become_points_faults_and_frames() {
+        let mut live = Live::new(settings(), Subjects::new("grid").unwrap());
+        for (i, t) in [1000, 2000, 3000, 4000].into_iter().enumerate() {
+            live.accept("grid.c1.g1.a", report("a", t, 10.0 * i as f32, false), true, t);
+        }
+        live.accept("grid.c1.g1.b", report("b", 4000, 90.0, true), true, 4000);
+        // Out of order: lands in its place, and only `points` are kept.
+        live.accept("grid.c1.g1.a", report("a", 3500, 99.0, false), true, 4100);
+        live.tick(4500);
+        let f = live.cluster_frame("c1", 4500);
+        assert_eq!(f.nodes.len(), 2);
+        assert_eq!(f.nodes[0].v, [Some(30.0), Some(25.0), Some(10.0), Some(40.0)]);
+        assert_eq!(f.series.t, vec![4500]);
+        assert_eq!(f.series.mean[0], vec![Some(60.0)]);
+        assert_eq!(f.series.max[0], vec![Some(90.0)]);
+        assert_eq!(f.faults.len(), 1);
+        assert_eq!((f.faults[0].node.as_str(), f.faults[0].fault.kind), ("c1/g1/b", "temperature"));
+        let n = live.node_frame("c1/g1/a", 4500);
+        assert_eq!(n.series.t, vec![3000, 3500, 4000]);
+        assert_eq!(n.series.mean[0], vec![Some(20.0), Some(99.0), Some(30.0)]);
+        // Liveness by each node's own interval: b is stale after 3 s, offline after 10 s.
+        assert_eq!(live.cluster_frame("c1", 8000).nodes[1].status, Liveness::Stale);
+        assert_eq!(live.cluster_frame("c1", 15_000).nodes[1].status, Liveness::Offline);
+        let g = live.grid_frame(8000);
+        assert_eq!((g.clusters[0].online, g.clusters[0].stale), (0, 2));
+    }
+
+    #[test]
+    fn bad_and_foreign_messages_are_counted_not_kept() {
+        let mut live = Live::new(settings(), Subjects::new("grid").unwrap());
+        live.accept("grid.c1.g1.a", Bytes::from_static(b"\xc1garbage"), true, 1);
+        // The payload names node `a`, the subject node `b`.
+        live.accept("grid.c1.g1.b", report("a", 1, 1.0, false), true, 1);
+        live.accept("other.c1.g1.a", report("a", 1, 1.0, false), true, 1);
+        live.accept("grid.alarm.c1.g1", report("a", 1, 1.0, false), true, 1);
+        assert_eq!(live.stats.malformed, 2);
+        assert_eq!(live.stats.ignored, 2);
+        assert_eq!(live.node_count(), 0);
+        // Frames are rendered once per tick and shared.
+        live.tick(10);
+        let a = live.frame(&View::Grid, 10);
+        let b = live.frame(&View::Grid, 11);
+        assert!(Arc::ptr_eq(&a, &b));
+        live.tick(20);
+        assert!(!Arc::ptr_eq(&a, &live.frame(&View::Grid, 20)));
+        assert_eq!(live.stats.frames_rendered, 2);
+    }
+
+    #[test]
+    fn silent_nodes_are_forgotten() {
+        let mut live = Live::new(settings(), Subjects::new("grid").unwrap());
+        live.accept("grid.c1.g1.a", report("a", 0, 1.0, false), true, 0);
+        live.tick(30_000);
+        assert_eq!(live.node_count(), 1);
+        live.tick(61_000);
+        assert_eq!(live.node_count(), 0);
+        assert!(live.grid_frame(61_000).clusters.is_empty());
+    }
+}
