@@ -3,6 +3,7 @@
 'use strict';
 
 const RES = ['cpu', 'mem', 'swap', 'disk'];
+const TABLE_ROWS = 100;
 const RES_LABEL = { cpu: 'CPU %', mem: 'Memory %', swap: 'Swap %', disk: 'Disk busy %' };
 const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#d97706', '#7c3aed', '#0891b2', '#be185d', '#4d7c0f'];
 
@@ -224,7 +225,7 @@ function clusterPage(cluster, res) {
     <div class="panel"><div class="tabs" id="res-tabs">${RES.map((r, i) => `<button type="button" data-res="${r}" class="${i === ri ? 'on' : ''}">${RES_LABEL[r]}</button>`).join('')}</div>
       <div id="bars"></div><div id="trend"></div></div>
     ${panels()}
-    <div class="panel"><h2>Nodes</h2><div class="scroll"><table id="nodes"><thead><tr><th>Node</th><th>Status</th>${RES.map((r) => `<th class="num">${RES_LABEL[r]}</th>`).join('')}<th class="num">Temp max °C</th><th class="num">Faults</th></tr></thead><tbody></tbody></table></div></div>`;
+    <div class="panel"><h2>Nodes</h2><p>Find: <input id="node-filter" placeholder="group/node"> <span id="node-count" class="muted"></span></p><div class="scroll"><table id="nodes"><thead><tr><th>Node</th><th>Status</th>${RES.map((r) => `<th class="num">${RES_LABEL[r]}</th>`).join('')}<th class="num">Temp max °C</th><th class="num">Faults</th></tr></thead><tbody></tbody></table></div></div>`;
   document.querySelectorAll('#res-tabs button').forEach((b) => { b.onclick = () => { location.hash = `#/cluster/${cluster}/${b.dataset.res}`; }; });
   let bars = null;
   let trend = null;
@@ -240,6 +241,10 @@ function clusterPage(cluster, res) {
         series: [{ label: 'node', value: (u, v) => (v == null ? '' : ids[v] ?? '') }, { label: RES_LABEL[RES[ri]], fill: '#2563eb88', stroke: '#2563eb', paths: uPlot.paths.bars({ size: [0.9, 40] }), points: { show: false } }],
         axes: [{ values: (u, vals) => vals.map((v) => (ids.length <= 40 ? ids[v] ?? '' : '')) }, { size: 50 }],
       }, [x, y]);
+      bars.over.addEventListener('click', () => {
+        const i = bars.cursor.idx;
+        if (i != null && ids[i]) location.hash = `#/node/${cluster}/${ids[i]}`;
+      });
     } else {
       bars.setData([x, y]);
     }
@@ -251,7 +256,13 @@ function clusterPage(cluster, res) {
       trend.setData(data);
     }
     markLatest($('#trend'), f.series.t[f.series.t.length - 1], (f.series.mean[ri] || []).slice(-1)[0]);
-    const sorted = [...f.nodes].sort((a, b) => (b.v[ri] ?? -1) - (a.v[ri] ?? -1));
+    // The table: the busiest TABLE_ROWS for this resource plus every node in trouble, or the
+    // nodes matching the filter; the bar chart has them all (click a bar to open its node).
+    const find = ($('#node-filter').value || '').trim();
+    let sorted = [...f.nodes].sort((a, b) => (b.v[ri] ?? -1) - (a.v[ri] ?? -1));
+    sorted = find ? sorted.filter((n) => n.id.includes(find))
+      : sorted.filter((n, i) => i < TABLE_ROWS || n.status !== 'online' || n.faults || n.programs_failed);
+    $('#node-count').textContent = `${sorted.length} of ${f.nodes.length} nodes shown`;
     $('#nodes tbody').innerHTML = sorted.map((n) => `<tr class="${n.faults ? 'fault' : ''} ${n.status !== 'online' ? n.status : ''}"><td><a href="#/node/${esc(cluster)}/${esc(n.id)}">${esc(n.id)}</a></td><td class="${n.status === 'online' ? 'ok' : 'bad'}">${esc(n.status)}</td>${n.v.map((v) => `<td class="num">${fmtPct(v)}</td>`).join('')}<td class="num">${n.temp_max == null ? '–' : n.temp_max.toFixed(0)}</td><td class="num ${n.faults ? 'bad' : ''}">${n.faults}</td></tr>`).join('');
     fillPanels(f);
   });
