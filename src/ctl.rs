@@ -369,11 +369,16 @@ pub async fn request_one(
         .subjects()?
         .family(Family::Cmd, &Scope::Node(node.clone()));
     let msg = match tokio::time::timeout(timeout, client.request(subject, payload.into())).await {
-        Err(_) => bail!("{node} did not answer within {}", humantime::format_duration(timeout)),
+        Err(_) => bail!(
+            "{node} did not answer within {}",
+            humantime::format_duration(timeout)
+        ),
         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
             bail!("{node} is not listening for commands (no agent answers there)")
         }
-        Ok(Err(e)) => return Err(anyhow::anyhow!(e).context(format!("sending {} to {node}", body.op))),
+        Ok(Err(e)) => {
+            return Err(anyhow::anyhow!(e).context(format!("sending {} to {node}", body.op)))
+        }
         Ok(Ok(m)) => m,
     };
     let env = gridmon_nats::wire::decode::<CommandReply>(&msg.payload, Kind::CommandReply)

@@ -291,7 +291,9 @@ async fn login(
     body: Option<Json<LoginIn>>,
 ) -> ApiResult<Response> {
     if !app.auth.enabled() {
-        return Err(ApiError::bad("this dashboard has no logins (no [[web.users]])"));
+        return Err(ApiError::bad(
+            "this dashboard has no logins (no [[web.users]])",
+        ));
     }
     check_origin(&headers)?;
     let Some(Json(body)) = body else {
@@ -364,7 +366,8 @@ fn parse_view(q: &ViewQuery) -> ApiResult<View> {
                 .cluster
                 .as_deref()
                 .ok_or_else(|| ApiError::bad("view=cluster needs cluster="))?;
-            gridmon_nats::identity::validate_token("cluster", c).map_err(|e| ApiError::bad(e.to_string()))?;
+            gridmon_nats::identity::validate_token("cluster", c)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
             Ok(View::Cluster(c.to_string()))
         }
         "node" => {
@@ -405,15 +408,18 @@ async fn live_sse(
     viewer(&app, &headers)?;
     let view = parse_view(&q)?;
     let rx = app.tick.clone();
-    let stream = futures::stream::unfold((app, rx, view, true), |(app, mut rx, view, first)| async move {
-        if !first {
-            // The ticker stops at shutdown: the stream ends and the connection closes.
-            rx.changed().await.ok()?;
-        }
-        let f = app.live().frame(&view, now_ms());
-        let ev = SseEvent::default().event("frame").data(&*f);
-        Some((Ok(ev), (app, rx, view, false)))
-    });
+    let stream = futures::stream::unfold(
+        (app, rx, view, true),
+        |(app, mut rx, view, first)| async move {
+            if !first {
+                // The ticker stops at shutdown: the stream ends and the connection closes.
+                rx.changed().await.ok()?;
+            }
+            let f = app.live().frame(&view, now_ms());
+            let ev = SseEvent::default().event("frame").data(&*f);
+            Some((Ok(ev), (app, rx, view, false)))
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -508,7 +514,9 @@ async fn processes(
     let mut rows = table.rows;
     if let Some(f) = q.filter.as_deref().filter(|f| !f.is_empty()) {
         let f = f.to_lowercase();
-        rows.retain(|r| r.name.to_lowercase().contains(&f) || r.cmdline.to_lowercase().contains(&f));
+        rows.retain(|r| {
+            r.name.to_lowercase().contains(&f) || r.cmdline.to_lowercase().contains(&f)
+        });
     }
     sort_rows(&mut rows, sort, desc);
     rows.truncate(q.limit.unwrap_or(1000).min(10_000));
@@ -683,12 +691,15 @@ async fn static_cluster(
     Path(cluster): Path<String>,
 ) -> ApiResult<Response> {
     viewer(&app, &headers)?;
-    gridmon_nats::identity::validate_token("cluster", &cluster).map_err(|e| ApiError::bad(e.to_string()))?;
+    gridmon_nats::identity::validate_token("cluster", &cluster)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let nodes = history_of(&app)?
         .cluster_nodes(&cluster)
         .await
         .map_err(db_error)?;
-    Ok(json(&serde_json::json!({ "cluster": cluster, "nodes": nodes })))
+    Ok(json(
+        &serde_json::json!({ "cluster": cluster, "nodes": nodes }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -728,7 +739,8 @@ async fn history(
         )));
     }
     if let Some(c) = &q.cluster {
-        gridmon_nats::identity::validate_token("cluster", c).map_err(|e| ApiError::bad(e.to_string()))?;
+        gridmon_nats::identity::validate_token("cluster", c)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
     }
     let answer = h
         .history(q.cluster.as_deref(), from, to)

@@ -20,7 +20,6 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Most sessions kept; the oldest go first beyond this.
 const MAX_SESSIONS: usize = 10_000;
 
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Session {
     pub user: String,

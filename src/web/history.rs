@@ -227,7 +227,8 @@ impl History {
             }
         }
 
-        let range = "ts >= fromUnixTimestamp64Milli(?, 'UTC') AND ts < fromUnixTimestamp64Milli(?, 'UTC')";
+        let range =
+            "ts >= fromUnixTimestamp64Milli(?, 'UTC') AND ts < fromUnixTimestamp64Milli(?, 'UTC')";
         let sql = format!(
             "SELECT toInt64(toUnixTimestamp64Milli(ts)) AS ts_ms, toString(cluster) AS cluster, \
              toString(group_name) AS group, toString(node) AS node, toString(rule) AS rule, \
@@ -317,7 +318,15 @@ mod tests {
 
     #[test]
     fn steps_stay_under_the_point_budget() {
-        for range in [60, 3600, 6 * 3600, 86_400, 2 * 86_400, 7 * 86_400, 90 * 86_400] {
+        for range in [
+            60,
+            3600,
+            6 * 3600,
+            86_400,
+            2 * 86_400,
+            7 * 86_400,
+            90 * 86_400,
+        ] {
             let (step, table) = step_for(range);
             assert!(range / step <= MAX_POINTS, "{range}s in {step}s steps");
             assert_eq!(step % 60, 0);

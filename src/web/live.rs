@@ -98,6 +98,17 @@ pub struct EventLine {
     pub message: String,
 }
 
+/// One tick of a cluster: time, then mean and max of each resource.
+type ClusterPoint = (i64, [Option<f32>; 4], [Option<f32>; 4]);
+
+/// Sums, counts and maxima of the resources over a cluster's online nodes.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    sum: [f64; 4],
+    count: [u32; 4],
+    max: [f32; 4],
+}
+
 #[derive(Debug)]
 pub struct Live {
     settings: LiveSettings,
@@ -107,7 +118,7 @@ pub struct Live {
     alarms: BTreeMap<String, AlarmLine>,
     events: VecDeque<EventLine>,
     /// Per cluster: time, mean and max of each resource over its online nodes, one per tick.
-    series: BTreeMap<String, VecDeque<(i64, [Option<f32>; 4], [Option<f32>; 4])>>,
+    series: BTreeMap<String, VecDeque<ClusterPoint>>,
     pub stats: LiveStats,
     tick: u64,
     cache: HashMap<String, (u64, Arc<str>)>,
@@ -375,33 +386,35 @@ impl Live {
         let forget = self.settings.forget_after_ms;
         self.nodes
             .retain(|_, n| now_ms.saturating_sub(n.seen_ms) <= forget);
-        let mut acc: BTreeMap<&str, ([f64; 4], [u32; 4], [f32; 4])> = BTreeMap::new();
+        let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
         for n in self.nodes.values() {
-            let e = acc
-                .entry(n.cluster.as_str())
-                .or_insert(([0.0; 4], [0; 4], [f32::NAN; 4]));
+            let e = acc.entry(n.cluster.as_str()).or_insert(Acc {
+                sum: [0.0; 4],
+                count: [0; 4],
+                max: [f32::NAN; 4],
+            });
             if self.liveness(n, now_ms) != Liveness::Online {
                 continue;
             }
             let Some(p) = n.points.back() else { continue };
             for i in 0..4 {
                 if p.v[i].is_finite() {
-                    e.0[i] += f64::from(p.v[i]);
-                    e.1[i] += 1;
-                    e.2[i] = if e.2[i].is_nan() {
+                    e.sum[i] += f64::from(p.v[i]);
+                    e.count[i] += 1;
+                    e.max[i] = if e.max[i].is_nan() {
                         p.v[i]
                     } else {
-                        e.2[i].max(p.v[i])
+                        e.max[i].max(p.v[i])
                     };
                 }
             }
         }
         let points = self.settings.points;
-        for (cluster, (sum, count, max)) in acc {
+        for (cluster, a) in acc {
             let mean = std::array::from_fn(|i| {
-                (count[i] > 0).then(|| (sum[i] / f64::from(count[i])) as f32)
+                (a.count[i] > 0).then(|| (a.sum[i] / f64::from(a.count[i])) as f32)
             });
-            let max = std::array::from_fn(|i| opt(max[i]));
+            let max = std::array::from_fn(|i| opt(a.max[i]));
             let s = self.series.entry(cluster.to_string()).or_default();
             s.push_back((now_ms, mean, max));
             while s.len() > points {
@@ -443,10 +456,16 @@ impl Live {
             .filter(|a| {
                 prefix.is_empty()
                     || a.scope == prefix
-                    || a.scope.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'))
+                    || a.scope
+                        .strip_prefix(prefix)
+                        .is_some_and(|r| r.starts_with('/'))
             })
             .collect();
-        v.sort_by(|a, b| b.severity.cmp(&a.severity).then(b.raised_ms.cmp(&a.raised_ms)));
+        v.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then(b.raised_ms.cmp(&a.raised_ms))
+        });
         v.truncate(200);
         v
     }
@@ -458,7 +477,9 @@ impl Live {
             .filter(|e| {
                 prefix.is_empty()
                     || e.scope == prefix
-                    || e.scope.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'))
+                    || e.scope
+                        .strip_prefix(prefix)
+                        .is_some_and(|r| r.starts_with('/'))
             })
             .take(50)
             .collect()
@@ -534,7 +555,9 @@ impl Live {
         let t = series.map_or_else(Vec::new, |s| s.iter().map(|p| p.0).collect());
         let col = |i: usize, max: bool| -> Vec<Option<f32>> {
             series.map_or_else(Vec::new, |s| {
-                s.iter().map(|p| if max { p.2[i] } else { p.1[i] }).collect()
+                s.iter()
+                    .map(|p| if max { p.2[i] } else { p.1[i] })
+                    .collect()
             })
         };
         ClusterFrame {
@@ -780,7 +803,12 @@ mod tests {
     fn reports_become_points_faults_and_frames() {
         let mut live = Live::new(settings(), Subjects::new("grid").unwrap());
         for (i, t) in [1000, 2000, 3000, 4000].into_iter().enumerate() {
-            live.accept("grid.c1.g1.a", report("a", t, 10.0 * i as f32, false), true, t);
+            live.accept(
+                "grid.c1.g1.a",
+                report("a", t, 10.0 * i as f32, false),
+                true,
+                t,
+            );
         }
         live.accept("grid.c1.g1.b", report("b", 4000, 90.0, true), true, 4000);
         // Out of order: lands in its place, and only `points` are kept.
@@ -788,18 +816,30 @@ mod tests {
         live.tick(4500);
         let f = live.cluster_frame("c1", 4500);
         assert_eq!(f.nodes.len(), 2);
-        assert_eq!(f.nodes[0].v, [Some(30.0), Some(25.0), Some(10.0), Some(40.0)]);
+        assert_eq!(
+            f.nodes[0].v,
+            [Some(30.0), Some(25.0), Some(10.0), Some(40.0)]
+        );
         assert_eq!(f.series.t, vec![4500]);
         assert_eq!(f.series.mean[0], vec![Some(60.0)]);
         assert_eq!(f.series.max[0], vec![Some(90.0)]);
         assert_eq!(f.faults.len(), 1);
-        assert_eq!((f.faults[0].node.as_str(), f.faults[0].fault.kind), ("c1/g1/b", "temperature"));
+        assert_eq!(
+            (f.faults[0].node.as_str(), f.faults[0].fault.kind),
+            ("c1/g1/b", "temperature")
+        );
         let n = live.node_frame("c1/g1/a", 4500);
         assert_eq!(n.series.t, vec![3000, 3500, 4000]);
         assert_eq!(n.series.mean[0], vec![Some(20.0), Some(99.0), Some(30.0)]);
         // Liveness by each node's own interval: b is stale after 3 s, offline after 10 s.
-        assert_eq!(live.cluster_frame("c1", 8000).nodes[1].status, Liveness::Stale);
-        assert_eq!(live.cluster_frame("c1", 15_000).nodes[1].status, Liveness::Offline);
+        assert_eq!(
+            live.cluster_frame("c1", 8000).nodes[1].status,
+            Liveness::Stale
+        );
+        assert_eq!(
+            live.cluster_frame("c1", 15_000).nodes[1].status,
+            Liveness::Offline
+        );
         let g = live.grid_frame(8000);
         assert_eq!((g.clusters[0].online, g.clusters[0].stale), (0, 2));
     }

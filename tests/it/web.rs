@@ -103,12 +103,11 @@ async fn http(
         let mut out = Vec::new();
         let mut rest = &body[..];
         loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { break };
-            let size = usize::from_str_radix(
-                std::str::from_utf8(&rest[..eol]).unwrap().trim(),
-                16,
-            )
-            .unwrap();
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
             if size == 0 {
                 break;
             }
@@ -140,9 +139,20 @@ async fn login(base: &str, user: &str, password: &str) -> Login {
         Some(&json!({"user": user, "password": password})),
     )
     .await;
-    assert_eq!(r.status, 200, "login {user}: {}", String::from_utf8_lossy(&r.body));
-    let set = r.header("set-cookie").expect("a session cookie").to_string();
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert_eq!(
+        r.status,
+        200,
+        "login {user}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
     let cookie = set.split(';').next().unwrap().to_string();
     let csrf = r.json()["csrf"].as_str().unwrap().to_string();
     Login { cookie, csrf }
@@ -345,9 +355,25 @@ async fn pipeline(name: &str) -> Pipeline {
         d,
         "simulate",
         &[
-            "simulate", "--config", &cfg, "--nodes", "12", "--clusters", "2", "--groups", "2",
-            "--processes", "40", "--process-every", "2", "--overheat", "1", "--crash", "1",
-            "--fault-after", "2s",
+            "simulate",
+            "--config",
+            &cfg,
+            "--nodes",
+            "12",
+            "--clusters",
+            "2",
+            "--groups",
+            "2",
+            "--processes",
+            "40",
+            "--process-every",
+            "2",
+            "--overheat",
+            "1",
+            "--crash",
+            "1",
+            "--fault-after",
+            "2s",
         ],
     ));
     let agent = start_agent(
@@ -374,12 +400,16 @@ async fn pipeline(name: &str) -> Pipeline {
         agent: Some(agent),
         base,
     };
-    let ready = eventually(Duration::from_secs(60), "the dashboard sees the fleet", || async {
-        let who = login_quiet(&p.base).await?;
-        let nodes = get(&p.base, "/api/nodes", &who).await.json();
-        let nodes = nodes["nodes"].as_array()?.clone();
-        (nodes.len() >= 13 && nodes.iter().any(|n| n == AGENT_NODE)).then_some(())
-    })
+    let ready = eventually(
+        Duration::from_secs(60),
+        "the dashboard sees the fleet",
+        || async {
+            let who = login_quiet(&p.base).await?;
+            let nodes = get(&p.base, "/api/nodes", &who).await.json();
+            let nodes = nodes["nodes"].as_array()?.clone();
+            (nodes.len() >= 13 && nodes.iter().any(|n| n == AGENT_NODE)).then_some(())
+        },
+    )
     .await;
     if let Err(e) = ready {
         panic!("{e}\n{}", p.logs());
@@ -396,20 +426,24 @@ async fn login_quiet(base: &str) -> Option<Login> {
 
 /// A simulated node of c01 with a process table in the dashboard.
 async fn sim_node_with_table(p: &Pipeline, who: &Login) -> String {
-    eventually(Duration::from_secs(30), "a process table from c01", || async {
-        let nodes = get(&p.base, "/api/nodes", who).await.json();
-        for n in nodes["nodes"].as_array()? {
-            let n = n.as_str()?;
-            if !n.starts_with("c01/") {
-                continue;
+    eventually(
+        Duration::from_secs(30),
+        "a process table from c01",
+        || async {
+            let nodes = get(&p.base, "/api/nodes", who).await.json();
+            for n in nodes["nodes"].as_array()? {
+                let n = n.as_str()?;
+                if !n.starts_with("c01/") {
+                    continue;
+                }
+                let r = get(&p.base, &format!("/api/nodes/{n}/processes"), who).await;
+                if r.status == 200 && r.json()["rows"].as_array()?.len() > 5 {
+                    return Some(n.to_string());
+                }
             }
-            let r = get(&p.base, &format!("/api/nodes/{n}/processes"), who).await;
-            if r.status == 200 && r.json()["rows"].as_array()?.len() > 5 {
-                return Some(n.to_string());
-            }
-        }
-        None
-    })
+            None
+        },
+    )
     .await
     .unwrap()
 }
@@ -449,9 +483,15 @@ async fn web_api_serves_views_and_guards_actions() {
     let op = login(base, OPERATOR.0, OPERATOR.1).await;
     let vi = login(base, VIEWER.0, VIEWER.1).await;
     let s = get(base, "/api/session", &op).await.json();
-    assert_eq!((s["user"].as_str(), s["role"].as_str()), (Some("olga"), Some("operator")));
+    assert_eq!(
+        (s["user"].as_str(), s["role"].as_str()),
+        (Some("olga"), Some("operator"))
+    );
     assert_eq!(s["can_act"], true);
-    assert_eq!(get(base, "/api/session", &vi).await.json()["can_act"], false);
+    assert_eq!(
+        get(base, "/api/session", &vi).await.json()["can_act"],
+        false
+    );
 
     // The real-time frames: the grid, a cluster's nodes, one node in full.
     let grid = get(base, "/api/frame?view=grid", &op).await.json();
@@ -462,37 +502,51 @@ async fn web_api_serves_views_and_guards_actions() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(clusters, ["c01", "c02", "c1"], "{grid}");
-    let c01 = get(base, "/api/frame?view=cluster&cluster=c01", &op).await.json();
+    let c01 = get(base, "/api/frame?view=cluster&cluster=c01", &op)
+        .await
+        .json();
     assert_eq!(c01["nodes"].as_array().unwrap().len(), 6, "{c01}");
     assert!(c01["nodes"][0]["v"][0].as_f64().is_some(), "{c01}");
-    let agent = eventually(Duration::from_secs(20), "the agent's program running", || async {
-        let n = get(base, &format!("/api/nodes/{AGENT_NODE}"), &op).await.json();
-        let programs = n["report"]["body"]["programs"].as_array()?.clone();
-        programs
-            .iter()
-            .find(|p| p["name"] == PROGRAM && p["state"] == "running")
-            .cloned()
-    })
+    let agent = eventually(
+        Duration::from_secs(20),
+        "the agent's program running",
+        || async {
+            let n = get(base, &format!("/api/nodes/{AGENT_NODE}"), &op)
+                .await
+                .json();
+            let programs = n["report"]["body"]["programs"].as_array()?.clone();
+            programs
+                .iter()
+                .find(|p| p["name"] == PROGRAM && p["state"] == "running")
+                .cloned()
+        },
+    )
     .await
     .unwrap();
     let pid_before = agent["pid"].as_u64().unwrap();
     assert_eq!(get(base, "/api/nodes/c1/g1/nobody", &op).await.status, 404);
 
     // Hardware faults reach the frames (the simulator overheats one node after 2 s).
-    eventually(Duration::from_secs(30), "an overheating node in the faults", || async {
-        let g = get(base, "/api/frame?view=grid", &op).await.json();
-        g["faults"]
-            .as_array()?
-            .iter()
-            .any(|f| f["kind"] == "temperature" && f["hardware"] == true)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "an overheating node in the faults",
+        || async {
+            let g = get(base, "/api/frame?view=grid", &op).await.json();
+            g["faults"]
+                .as_array()?
+                .iter()
+                .any(|f| f["kind"] == "temperature" && f["hardware"] == true)
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
 
     // The process table, sorted and filtered on the server.
     let node = sim_node_with_table(&p, &op).await;
-    let t = get(base, &format!("/api/nodes/{node}/processes?sort=cpu"), &op).await.json();
+    let t = get(base, &format!("/api/nodes/{node}/processes?sort=cpu"), &op)
+        .await
+        .json();
     let cpu: Vec<f64> = t["rows"]
         .as_array()
         .unwrap()
@@ -501,9 +555,13 @@ async fn web_api_serves_views_and_guards_actions() {
         .collect();
     assert!(cpu.windows(2).all(|w| w[0] >= w[1]), "{cpu:?}");
     assert!(cpu.first() > cpu.last(), "{cpu:?}");
-    let t = get(base, &format!("/api/nodes/{node}/processes?sort=name&order=asc"), &op)
-        .await
-        .json();
+    let t = get(
+        base,
+        &format!("/api/nodes/{node}/processes?sort=name&order=asc"),
+        &op,
+    )
+    .await
+    .json();
     let names: Vec<&str> = t["rows"]
         .as_array()
         .unwrap()
@@ -512,9 +570,13 @@ async fn web_api_serves_views_and_guards_actions() {
         .collect();
     assert!(names.windows(2).all(|w| w[0] <= w[1]), "{names:?}");
     let first = names[0];
-    let t = get(base, &format!("/api/nodes/{node}/processes?filter={first}"), &op)
-        .await
-        .json();
+    let t = get(
+        base,
+        &format!("/api/nodes/{node}/processes?filter={first}"),
+        &op,
+    )
+    .await
+    .json();
     let filtered = t["rows"].as_array().unwrap();
     assert!(!filtered.is_empty() && filtered.len() < names.len(), "{t}");
 
@@ -528,21 +590,33 @@ async fn web_api_serves_views_and_guards_actions() {
         "/api/nodes/c01/g01/n0001/processes?sort=colour",
     ] {
         let r = get(base, path, &op).await;
-        assert_eq!(r.status, 400, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            400,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.json()["error"], "invalid");
     }
 
     // The static view: inventory per cluster from ClickHouse (the simulator's, via the ingest).
-    let st = eventually(Duration::from_secs(60), "inventory for c01 and c02", || async {
-        let s = get(base, "/api/static", &op).await.json();
-        let cl = s["clusters"].as_array()?.clone();
-        (cl.len() >= 2 && cl.iter().all(|c| c["cpu_cores"].as_u64() > Some(0))).then_some(cl)
-    })
+    let st = eventually(
+        Duration::from_secs(60),
+        "inventory for c01 and c02",
+        || async {
+            let s = get(base, "/api/static", &op).await.json();
+            let cl = s["clusters"].as_array()?.clone();
+            (cl.len() >= 2 && cl.iter().all(|c| c["cpu_cores"].as_u64() > Some(0))).then_some(cl)
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
     let c01 = st.iter().find(|c| c["cluster"] == "c01").unwrap();
     assert_eq!(c01["nodes"], 6, "{c01}");
-    assert!(c01["memory_bytes"].as_u64().unwrap() > 0 && c01["disk_capacity_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        c01["memory_bytes"].as_u64().unwrap() > 0
+            && c01["disk_capacity_bytes"].as_u64().unwrap() > 0
+    );
     let nodes = get(base, "/api/static/c01", &op).await.json();
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 6);
 
@@ -563,7 +637,11 @@ async fn web_api_serves_views_and_guards_actions() {
         .map(|t| day(today - t.as_i64().unwrap() / 86_400_000))
         .collect();
     for ago in HISTORY_DAYS {
-        assert!(days_with_points.contains(&day(ago)), "{} not in {days_with_points:?}", day(ago));
+        assert!(
+            days_with_points.contains(&day(ago)),
+            "{} not in {days_with_points:?}",
+            day(ago)
+        );
     }
     let days = h["fault_days"].as_array().unwrap();
     for ago in HISTORY_DAYS {
@@ -572,12 +650,26 @@ async fn web_api_serves_views_and_guards_actions() {
             .iter()
             .find(|r| r["day"] == d.as_str())
             .unwrap_or_else(|| panic!("{d} not in {days:?}"));
-        assert_eq!((row["hardware"].as_u64(), row["software"].as_u64()), (Some(2), Some(1)), "{row}");
+        assert_eq!(
+            (row["hardware"].as_u64(), row["software"].as_u64()),
+            (Some(2), Some(1)),
+            "{row}"
+        );
     }
     assert!(h["faults"].as_array().unwrap().len() >= 9);
-    let one = get(base, "/api/history?range=7d&cluster=c02", &op).await.json();
-    assert!(one["trends"].as_array().unwrap().iter().all(|t| t["cluster"] == "c02"));
-    assert!(one["fault_days"].as_array().unwrap().iter().all(|d| !HISTORY_DAYS.iter().any(|a| d["day"] == day(*a).as_str())));
+    let one = get(base, "/api/history?range=7d&cluster=c02", &op)
+        .await
+        .json();
+    assert!(one["trends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["cluster"] == "c02"));
+    assert!(one["fault_days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| !HISTORY_DAYS.iter().any(|a| d["day"] == day(*a).as_str())));
 
     // Actions: refused for a viewer, without the CSRF token, from a foreign origin, or with bad
     // arguments; done for an operator, and audited under the operator's name.
@@ -592,16 +684,29 @@ async fn web_api_serves_views_and_guards_actions() {
             http(base, "POST", &path, &h, Some(&body)).await
         }
     };
-    let r = post(vi.clone(), vec![("X-CSRF-Token", vi.csrf.clone())], restart.clone()).await;
+    let r = post(
+        vi.clone(),
+        vec![("X-CSRF-Token", vi.csrf.clone())],
+        restart.clone(),
+    )
+    .await;
     assert_eq!(r.status, 403, "viewer");
     assert_eq!(r.json()["error"], "forbidden");
     let r = post(op.clone(), vec![], restart.clone()).await;
     assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("csrf")));
-    let r = post(op.clone(), vec![("X-CSRF-Token", "0".repeat(64))], restart.clone()).await;
+    let r = post(
+        op.clone(),
+        vec![("X-CSRF-Token", "0".repeat(64))],
+        restart.clone(),
+    )
+    .await;
     assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("csrf")));
     let r = post(
         op.clone(),
-        vec![("X-CSRF-Token", op.csrf.clone()), ("Origin", "http://evil.example".into())],
+        vec![
+            ("X-CSRF-Token", op.csrf.clone()),
+            ("Origin", "http://evil.example".into()),
+        ],
         restart.clone(),
     )
     .await;
@@ -612,16 +717,28 @@ async fn web_api_serves_views_and_guards_actions() {
         json!({"op": "deploy", "program": PROGRAM}),
         json!({"op": "restart", "program": PROGRAM, "extra": 1}),
     ] {
-        let r = post(op.clone(), vec![("X-CSRF-Token", op.csrf.clone())], bad.clone()).await;
+        let r = post(
+            op.clone(),
+            vec![("X-CSRF-Token", op.csrf.clone())],
+            bad.clone(),
+        )
+        .await;
         assert!(r.status == 400 || r.status == 422, "{bad}: {}", r.status);
     }
-    let r = post(op.clone(), vec![("X-CSRF-Token", op.csrf.clone())], restart.clone()).await;
+    let r = post(
+        op.clone(),
+        vec![("X-CSRF-Token", op.csrf.clone())],
+        restart.clone(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let out = r.json();
     assert_eq!(out["reply"]["ok"], true, "{out}");
     assert_eq!(out["user"], OPERATOR.0);
     eventually(Duration::from_secs(20), "the program restarted", || async {
-        let n = get(base, &format!("/api/nodes/{AGENT_NODE}"), &op).await.json();
+        let n = get(base, &format!("/api/nodes/{AGENT_NODE}"), &op)
+            .await
+            .json();
         let p = n["report"]["body"]["programs"]
             .as_array()?
             .iter()
@@ -631,16 +748,30 @@ async fn web_api_serves_views_and_guards_actions() {
     })
     .await
     .unwrap();
-    let audit = eventually(Duration::from_secs(60), "the restart in command_audit", || async {
-        let a = get(base, &format!("/api/audit?node={AGENT_NODE}"), &op).await.json();
-        let recs = a["records"].as_array()?.clone();
-        recs.iter()
-            .any(|r| r["op"] == "restart" && r["on_behalf_of"] == OPERATOR.0 && r["phase"] == "finished" && r["ok"] == 1)
-            .then_some(recs)
-    })
+    let audit = eventually(
+        Duration::from_secs(60),
+        "the restart in command_audit",
+        || async {
+            let a = get(base, &format!("/api/audit?node={AGENT_NODE}"), &op)
+                .await
+                .json();
+            let recs = a["records"].as_array()?.clone();
+            recs.iter()
+                .any(|r| {
+                    r["op"] == "restart"
+                        && r["on_behalf_of"] == OPERATOR.0
+                        && r["phase"] == "finished"
+                        && r["ok"] == 1
+                })
+                .then_some(recs)
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", p.logs()));
-    assert!(audit.iter().all(|r| r["issuer_name"] == "dashboard"), "{audit:?}");
+    assert!(
+        audit.iter().all(|r| r["issuer_name"] == "dashboard"),
+        "{audit:?}"
+    );
     let n: u64 = p
         .db
         .client
@@ -656,7 +787,10 @@ async fn web_api_serves_views_and_guards_actions() {
     assert_eq!(r.status, 200);
     assert_eq!(get(base, "/api/frame", &op).await.status, 401);
     let stats = get(base, "/api/stats", &vi).await.json();
-    assert!(stats["live"]["node_reports"].as_u64().unwrap() > 13, "{stats}");
+    assert!(
+        stats["live"]["node_reports"].as_u64().unwrap() > 13,
+        "{stats}"
+    );
     assert_eq!(stats["live"]["malformed"], 0, "{stats}");
 }
 
@@ -679,16 +813,30 @@ async fn web_without_users_is_read_only_and_local() {
     let _web = spawn(
         dir.path(),
         "web",
-        &["web", "--nats-url", &nats.url(), "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "web",
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
     );
     eventually(Duration::from_secs(20), "the dashboard", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
     })
     .await
     .unwrap();
     let s = http(&base, "GET", "/api/session", &[], None).await.json();
-    assert_eq!((s["login_enabled"].as_bool(), s["can_act"].as_bool()), (Some(false), Some(false)));
-    assert_eq!(http(&base, "GET", "/api/frame", &[], None).await.status, 200);
+    assert_eq!(
+        (s["login_enabled"].as_bool(), s["can_act"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(
+        http(&base, "GET", "/api/frame", &[], None).await.status,
+        200
+    );
     let r = http(
         &base,
         "POST",
@@ -701,14 +849,37 @@ async fn web_without_users_is_read_only_and_local() {
     assert!(r.json()["message"].as_str().unwrap().contains("read-only"));
     // No history without ClickHouse: a clear 503.
     let r = http(&base, "GET", "/api/history", &[], None).await;
-    assert_eq!((r.status, r.json()["error"].as_str()), (503, Some("no_history")));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("no_history"))
+    );
     let page = http(&base, "GET", "/", &[], None).await;
     assert_eq!(page.status, 200);
-    assert!(page.header("content-security-policy").unwrap().contains("default-src 'self'"));
-    for asset in ["app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"] {
-        assert_eq!(http(&base, "GET", &format!("/assets/{asset}"), &[], None).await.status, 200, "{asset}");
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'self'"));
+    for asset in [
+        "app.js",
+        "app.css",
+        "uPlot.iife.min.js",
+        "uPlot.min.css",
+        "uPlot.LICENSE",
+    ] {
+        assert_eq!(
+            http(&base, "GET", &format!("/assets/{asset}"), &[], None)
+                .await
+                .status,
+            200,
+            "{asset}"
+        );
     }
-    assert_eq!(http(&base, "GET", "/assets/../Cargo.toml", &[], None).await.status, 404);
+    assert_eq!(
+        http(&base, "GET", "/assets/../Cargo.toml", &[], None)
+            .await
+            .status,
+        404
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,7 +894,8 @@ fn browser_dir() -> PathBuf {
 async fn web_pages_in_headless_chromium() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
-        Path::new(&chromium).exists() && browser_dir().join("node_modules/playwright-core").exists(),
+        Path::new(&chromium).exists()
+            && browser_dir().join("node_modules/playwright-core").exists(),
         "Chromium ({chromium}) and tests/browser/node_modules are needed: run scripts/setup"
     );
     let p = pipeline("web_browser").await;
@@ -773,6 +945,11 @@ async fn web_pages_in_headless_chromium() {
     assert!(passed >= 17, "only {passed} checks passed:\n{stdout}");
     for view in ["grid", "cluster", "node", "processes", "history"] {
         let png = shots.join(format!("{view}.png"));
-        assert!(std::fs::metadata(&png).map(|m| m.len() > 10_000).unwrap_or(false), "{png:?}");
+        assert!(
+            std::fs::metadata(&png)
+                .map(|m| m.len() > 10_000)
+                .unwrap_or(false),
+            "{png:?}"
+        );
     }
 }

@@ -168,6 +168,9 @@ mod tests {
         w.users[0].password_hash = "$argon2id$x".into();
         w.users.push(w.users[0].clone());
         let e = w.validate().unwrap_err().to_string();
-        assert!(e.contains("web.users[1].name") && e.contains("twice"), "{e}");
+        assert!(
+            e.contains("web.users[1].name") && e.contains("twice"),
+            "{e}"
+        );
     }
 }
