@@ -26,6 +26,21 @@ use gridmon_nats::wire::{self, Envelope, Kind, NodeReport};
 /// The binary under test.
 pub const GRIDMON: &str = env!("CARGO_BIN_EXE_gridmon");
 
+/// Starts `gridmon ARGS` with its log in `DIR/NAME.log`, in its own process group, killed on drop.
+/// The config names the database, so an inherited `CLICKHOUSE_DATABASE` is dropped.
+pub fn spawn_logged(dir: &Path, name: &str, args: &[&str]) -> tokio::process::Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    gridmon_commands::child::command(GRIDMON)
+        .args(args)
+        .env("GRIDMON_LOG", "info,async_nats=warn")
+        .env_remove("CLICKHOUSE_DATABASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// A running `gridmon agent`, killed on drop.
 #[derive(Debug)]
 pub struct Agent {

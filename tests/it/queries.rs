@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ use gridmon_tests::eventually;
 use gridmon_tests::nats_server::NatsServer;
 use serde_json::Value;
 
-use crate::GRIDMON;
+use crate::spawn_logged as spawn;
 
 /// The flags both simulator runs share.
 const FLEET: &[&str] = &[
@@ -271,19 +270,6 @@ fn write_config(dir: &Path, nats: &str, ch: &ClickHouse, database: &str) -> std:
     )
     .unwrap();
     path
-}
-
-fn spawn(dir: &Path, name: &str, args: &[&str]) -> tokio::process::Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    gridmon_commands::child::command(GRIDMON)
-        .args(args)
-        .env("GRIDMON_LOG", "info")
-        // The config names the test's database.
-        .env_remove("CLICKHOUSE_DATABASE")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
 }
 
 /// SIGTERM to the process group, then wait for it to exit (it flushes what it holds).

@@ -13,7 +13,7 @@ use gridmon_tests::nats_server::{free_port, NatsServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{start_agent, Agent, GRIDMON};
+use crate::{spawn_logged as spawn, start_agent, Agent, GRIDMON};
 
 const OPERATOR: (&str, &str) = ("olga", "operator-password-1");
 const VIEWER: (&str, &str) = ("vic", "viewer-password-1");
@@ -102,10 +102,7 @@ async fn http(
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
             let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
                 .unwrap();
             if size == 0 {
@@ -203,21 +200,8 @@ impl Pipeline {
     }
 }
 
-fn spawn(dir: &Path, name: &str, args: &[&str]) -> tokio::process::Child {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    gridmon_commands::child::command(GRIDMON)
-        .args(args)
-        .env("GRIDMON_LOG", "info,async_nats=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 async fn hash(password: &str) -> String {
-    let mut child = tokio::process::Command::new(GRIDMON)
+    let mut child = gridmon_commands::child::command(GRIDMON)
         .arg("hash-password")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -799,7 +783,7 @@ async fn web_api_serves_views_and_guards_actions() {
 async fn web_without_users_is_read_only_and_local() {
     let nats = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(GRIDMON)
+    let out = gridmon_commands::child::command(GRIDMON)
         .args(["web", "--nats-url", &nats.url(), "--listen", "0.0.0.0:0"])
         .output()
         .await
@@ -913,7 +897,7 @@ async fn web_pages_in_headless_chromium() {
         .unwrap_or_else(|_| p.dir.path().join("shots"));
     std::fs::create_dir_all(&shots).unwrap();
     let days: Vec<String> = HISTORY_DAYS.iter().map(|a| day(*a)).collect();
-    let out = tokio::process::Command::new("node")
+    let out = gridmon_commands::child::command("node")
         .arg("dashboard.mjs")
         .current_dir(browser_dir())
         .env("BASE_URL", &p.base)
