@@ -96,7 +96,7 @@ function lineOpts(title, series, yRange) {
   return {
     title,
     scales: { x: { time: true }, y: yRange ? { range: yRange } : {} },
-    series: [{}, ...series.map((s, i) => ({ label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false }))],
+    series: [{}, ...series.map((s, i) => ({ label: s, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false, points: { size: 3 } }))],
     axes: [{}, { size: 50 }],
   };
 }
@@ -237,9 +237,9 @@ function clusterPage(cluster, res) {
     if (!bars) {
       bars = chart($('#bars'), {
         title: `${RES_LABEL[RES[ri]]} per node (${f.nodes.length} nodes)`,
-        scales: { x: { time: false }, y: { range: [0, 100] } },
+        scales: { x: { time: false, range: () => [-0.5, Math.max(0.5, ids.length - 0.5)] }, y: { range: [0, 100] } },
         series: [{ label: 'node', value: (u, v) => (v == null ? '' : ids[v] ?? '') }, { label: RES_LABEL[RES[ri]], fill: '#2563eb88', stroke: '#2563eb', paths: uPlot.paths.bars({ size: [0.9, 40] }), points: { show: false } }],
-        axes: [{ values: (u, vals) => vals.map((v) => (ids.length <= 40 ? ids[v] ?? '' : '')) }, { size: 50 }],
+        axes: [{ splits: () => (ids.length <= 40 ? ids.map((_, i) => i) : []), values: (u, vals) => vals.map((v) => ids[v] ?? '') }, { size: 50 }],
       }, [x, y]);
       bars.over.addEventListener('click', () => {
         const i = bars.cursor.idx;
@@ -501,7 +501,7 @@ async function historyPage(params) {
   const days = h.fault_days;
   chart($('#fault-freq'), {
     title: 'Faults per day',
-    scales: { x: { time: false } },
+    scales: { x: { time: false, range: [-0.6, Math.max(0.6, days.length - 0.4)] }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
     series: [{ label: 'day', value: (u, v) => days[v]?.day ?? '' },
       { label: 'hardware', fill: '#dc262688', stroke: '#dc2626', paths: uPlot.paths.bars({ size: [0.4, 40], align: -1 }) },
       { label: 'software', fill: '#2563eb88', stroke: '#2563eb', paths: uPlot.paths.bars({ size: [0.4, 40], align: 1 }) }],
