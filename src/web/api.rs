@@ -258,6 +258,8 @@ struct SessionOut {
     /// Whether the dashboard has history (ClickHouse).
     history: bool,
     prefix: String,
+    /// The NATS connection: `connected`, `disconnected` or `pending`.
+    bus: &'static str,
 }
 
 fn session_out(app: &App, c: &Caller) -> SessionOut {
@@ -272,6 +274,7 @@ fn session_out(app: &App, c: &Caller) -> SessionOut {
             && app.key.is_some(),
         history: app.history.is_some(),
         prefix: app.config.nats.prefix.clone(),
+        bus: app.bus_state(),
     }
 }
 
@@ -776,6 +779,7 @@ async fn stats(State(app): Shared, headers: HeaderMap) -> ApiResult<Response> {
     let live = app.live();
     Ok(json(&serde_json::json!({
         "uptime_s": app.started.elapsed().as_secs(),
+        "bus": app.bus_state(),
         "nodes": live.node_count(),
         "live": live.stats,
     })))

@@ -41,6 +41,15 @@ pub struct App {
 }
 
 impl App {
+    /// `connected`, `disconnected` or `pending` (never connected yet).
+    fn bus_state(&self) -> &'static str {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => "connected",
+            async_nats::connection::State::Disconnected => "disconnected",
+            async_nats::connection::State::Pending => "pending",
+        }
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, live::Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -123,7 +132,8 @@ pub async fn serve(
             .with_context(|| format!("subscribing to {s}"))?;
         subs.push(sub.map(move |m| (telemetry, m)));
     }
-    client.flush().await.context("subscribing")?;
+    // No flush here: with the bus down the dashboard still starts (and says so), and the
+    // subscriptions go out when the connection comes.
     let feeder = {
         let app = app.clone();
         let shutdown = shutdown.clone();

@@ -864,6 +864,43 @@ async fn web_without_users_is_read_only_and_local() {
             .status,
         404
     );
+    eventually(Duration::from_secs(20), "the bus connected", || async {
+        let s = http(&base, "GET", "/api/session", &[], None).await.json();
+        (s["bus"] == "connected").then_some(())
+    })
+    .await
+    .unwrap();
+
+    // With the bus down the dashboard still serves, and says so.
+    let dead = free_port().unwrap();
+    let port = free_port().unwrap();
+    let _down = spawn(
+        dir.path(),
+        "web-down",
+        &[
+            "web",
+            "--nats-url",
+            &format!("nats://127.0.0.1:{dead}"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "the dashboard without a bus",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        },
+    )
+    .await
+    .unwrap();
+    let s = http(&base, "GET", "/api/session", &[], None).await.json();
+    assert_eq!(s["bus"], "pending", "{s}");
+    let g = http(&base, "GET", "/api/frame", &[], None).await.json();
+    assert_eq!(g["clusters"].as_array().map(Vec::len), Some(0), "{g}");
 }
 
 // ---------------------------------------------------------------------------------------------

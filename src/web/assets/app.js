@@ -112,8 +112,14 @@ function markLatest(el, t, v) {
 // Session
 // ---------------------------------------------------------------------------------------------
 
+function showBus() {
+  const bus = S.session && S.session.bus;
+  $('#bus-status').textContent = bus && bus !== 'connected' ? `NATS ${bus}: live data is not arriving` : '';
+}
+
 async function loadSession() {
   S.session = await api('/api/session');
+  showBus();
   const who = $('#who');
   if (S.session.user) {
     who.innerHTML = `${esc(S.session.user)} <span class="muted">(${esc(S.session.role)})</span> <button id="logout" type="button">Log out</button>`;
@@ -542,4 +548,6 @@ window.addEventListener('DOMContentLoaded', async () => {
     return;
   }
   route();
+  // The bus connection, every 5 s (the frames keep coming from the server either way).
+  setInterval(() => api('/api/session').then((s) => { S.session.bus = s.bus; showBus(); }).catch(() => {}), 5000);
 });
