@@ -453,10 +453,11 @@ async fn node(
     viewer(&app, &headers)?;
     let id = node_id(&cluster, &group, &node)?;
     let mut live = app.live();
-    let f = live.frame(&View::Node(id.to_string()), now_ms());
-    if f.starts_with("{\"ts_ms\"") && f.contains("\"found\":false") {
+    let key = id.to_string();
+    if !live.has_node(&key) {
         return Err(ApiError::not_found(format!("no report from {id}")));
     }
+    let f = live.frame(&View::Node(key), now_ms());
     Ok(raw_json(f))
 }
 

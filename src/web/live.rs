@@ -634,6 +634,10 @@ impl Live {
         self.nodes.keys().map(String::as_str)
     }
 
+    pub fn has_node(&self, id: &str) -> bool {
+        self.nodes.contains_key(id)
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
