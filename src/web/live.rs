@@ -270,10 +270,13 @@ impl Live {
         n.temp_max = s.temp_max().map(|t| t as f32);
         n.faults = faults;
         n.programs_failed = s.programs.failed();
+        // A copy: the payload is a slice of the client's read buffer, and keeping a slice alive
+        // per node would pin whole buffers (the RSS grew with the size of the reads).
+        let own = Bytes::copy_from_slice(&payload);
         if r.processes.is_some() {
-            n.table = Some(payload.clone());
+            n.table = Some(own.clone());
         }
-        n.report = payload;
+        n.report = own;
         true
     }
 
@@ -286,8 +289,40 @@ impl Live {
             Scope::Grid => String::new(),
             other => other.to_string(),
         };
+        if matches!(scope, Scope::Grid) {
+            self.alarms_from_rollup(&env.body);
+        }
         self.rollups.insert(k, env.body);
         true
+    }
+
+    /// The grid rollup lists every active alarm (when there are at most `ALARM_LIST_MAX`): it
+    /// is the truth at its window's close, so a dashboard started after an alarm was raised
+    /// shows it, and one that missed a clear drops it. Raises newer than the window are kept.
+    fn alarms_from_rollup(&mut self, r: &Rollup) {
+        if r.alarms.list.len() != r.alarms.active as usize {
+            return;
+        }
+        let closed = r.window_start_ms.saturating_add(i64::from(r.window_ms));
+        self.alarms.retain(|_, a| a.raised_ms >= closed);
+        for a in &r.alarms.list {
+            self.alarms
+                .entry(a.id.clone())
+                .or_insert_with(|| AlarmLine {
+                    id: a.id.clone(),
+                    scope: a.scope.clone(),
+                    rule: a.rule.clone(),
+                    severity: a.severity,
+                    metric: a.rule.clone(),
+                    instance: a.instance.clone(),
+                    value: a.value,
+                    raised_ms: a.since_ms,
+                    message: match &a.instance {
+                        Some(i) => format!("{}: {} {i}", a.scope, a.rule),
+                        None => format!("{}: {}", a.scope, a.rule),
+                    },
+                });
+        }
     }
 
     fn alarm(&mut self, scope: &Scope, payload: &[u8]) -> bool {
@@ -867,6 +902,49 @@ mod tests {
         live.tick(20);
         assert!(!Arc::ptr_eq(&a, &live.frame(&View::Grid, 20)));
         assert_eq!(live.stats.frames_rendered, 2);
+    }
+
+    #[test]
+    fn the_grid_rollup_is_the_truth_about_active_alarms() {
+        use gridmon_nats::wire::{ActiveAlarm, AlarmSummary, Level};
+        let mut live = Live::new(settings(), Subjects::new("grid").unwrap());
+        let alarm = |id: &str| ActiveAlarm {
+            id: id.into(),
+            rule: "sensor_crit".into(),
+            severity: Severity::Critical,
+            scope: "c1/g1/a".into(),
+            instance: Some("t1".into()),
+            value: 1.0,
+            since_ms: 500,
+        };
+        let rollup = |list: Vec<ActiveAlarm>| {
+            let env = Envelope {
+                schema: SCHEMA_VERSION,
+                kind: Kind::Rollup,
+                source: Source::default(),
+                ts_ms: 2000,
+                run_id: 1,
+                seq: 1,
+                body: Rollup {
+                    level: Level::Grid,
+                    window_start_ms: 1000,
+                    window_ms: 1000,
+                    alarms: AlarmSummary {
+                        active: list.len() as u32,
+                        list,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            };
+            Bytes::from(wire::encode(&env).unwrap())
+        };
+        // Raised before this dashboard started: known from the rollup alone.
+        live.accept("grid", rollup(vec![alarm("x")]), true, 2000);
+        assert_eq!(live.alarms_under("").len(), 1);
+        // Its clear was missed: the next rollup no longer lists it.
+        live.accept("grid", rollup(vec![]), true, 3000);
+        assert!(live.alarms_under("").is_empty());
     }
 
     #[test]
