@@ -26,6 +26,21 @@ use gridmon_nats::wire::{self, Envelope, Kind, NodeReport};
 /// The binary under test.
 pub const GRIDMON: &str = env!("CARGO_BIN_EXE_gridmon");
 
+/// `YYYY-MM-DD` of a time in ms (UTC), as ClickHouse prints a `Date`.
+pub fn day(ts_ms: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = ts_ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// Starts `gridmon ARGS` with its log in `DIR/NAME.log`, in its own process group, killed on drop.
 /// The config names the database, so an inherited `CLICKHOUSE_DATABASE` is dropped.
 pub fn spawn_logged(dir: &Path, name: &str, args: &[&str]) -> tokio::process::Child {

@@ -31,7 +31,7 @@ use gridmon_tests::eventually;
 use gridmon_tests::nats_server::NatsServer;
 use serde_json::Value;
 
-use crate::spawn_logged as spawn;
+use crate::{day, spawn_logged as spawn};
 
 /// The flags both simulator runs share.
 const FLEET: &[&str] = &[
@@ -806,21 +806,6 @@ fn close(got: f64, want: f64, tol: f64, what: &str) {
         (got - want).abs() <= tol,
         "{what}: got {got}, expected {want}"
     );
-}
-
-/// `YYYY-MM-DD` of a time in ms (UTC), as ClickHouse prints a `Date`.
-fn day(ts_ms: i64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let z = ts_ms.div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Memory or swap used, % of total, as the schema documents `mem_used_pct`.

@@ -220,19 +220,9 @@ async fn hash(password: &str) -> String {
     h
 }
 
+/// `YYYY-MM-DD` (UTC) of the day `days_ago` days before today.
 fn day(days_ago: i64) -> String {
-    let secs = (gridmon_nats::frame::now_ms() / 1000 / 86_400 - days_ago) * 86_400;
-    // Civil date from days since the epoch (UTC).
-    let z = secs / 86_400 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    crate::day((gridmon_nats::frame::now_ms() / 86_400_000 - days_ago) * 86_400_000)
 }
 
 /// Past history the views must show: node metrics (through the downsampling views) and alarm
