@@ -1,5 +1,6 @@
 //! The supervisor against real processes: restarts and backoff, stop escalation, re-adoption,
-//! health, logs, degraded mode, drain order, orphan reaping, and release deploys.
+//! health, logs, degraded mode, drain order, orphan reaping, release deploys, and running as
+//! another user and group (as root).
 
 #![allow(clippy::unwrap_used)] // a panic is how a test reports
 
@@ -787,5 +788,74 @@ async fn deploy_upgrade_with_automatic_rollback_and_manual_rollback() {
         r.handle.rollback("app", Some("a;b".into())).await,
         Err(OpError::Invalid(_))
     ));
+    r.stop().await;
+}
+
+/// The uid and gid on the `Uid:`/`Gid:` lines of `/proc/<pid>/status` (real ids).
+fn ids_of(pid: u32) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u32 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+/// The id of a name in an `/etc/passwd`-style file (third field).
+fn id_in(file: &str, name: &str) -> Option<u32> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))?
+        .split(':')
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn a_program_runs_as_its_configured_user_and_group() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let (Some(uid), Some(gid)) = (
+        id_in("/etc/passwd", "nobody"),
+        id_in("/etc/group", "nogroup"),
+    ) else {
+        eprintln!("skipped: no nobody/nogroup on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = sh("exec sleep 1000");
+    spec.user = Some("nobody".into());
+    spec.group = Some("nogroup".into());
+    spec.cwd = Some("/".into());
+    let r = Running::start(cfg(dir.path()), &[("w", spec)]);
+    let s = r
+        .until("w", "running as nobody", |s| {
+            s.state == ProgramState::Running
+        })
+        .await;
+    assert_eq!(ids_of(s.pid.unwrap()), (uid, gid));
+    // A user that does not exist: the program does not start, and says why.
+    let mut bad = sh("exec sleep 1000");
+    bad.user = Some("no-such-user-gridmon".into());
+    let dir2 = tempfile::tempdir().unwrap();
+    let refused = Supervisor::new(
+        cfg(dir2.path()),
+        [("b".to_string(), bad)].into_iter().collect(),
+        tokio::sync::mpsc::channel(8).0,
+    );
+    let Err(e) = refused else {
+        panic!("an unknown user is refused")
+    };
+    let e = e.to_string();
+    assert!(e.contains("no-such-user-gridmon"), "{e}");
     r.stop().await;
 }
