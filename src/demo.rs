@@ -64,17 +64,19 @@ pub async fn run(
         seed: 1,
         programs: 2,
         fault_after: Duration::from_secs(20),
+        // Faults go to the same nodes first (docs/simulate.md): with one silent node, the
+        // second of each is what shows.
         silent: 1,
-        overheat: 1,
+        overheat: 2,
         fan_stop: 0,
-        crash: 1,
+        crash: 2,
         flap: 0,
         inventory_every: Duration::from_secs(3600),
         json_stats: false,
         commands: false,
     };
     eprintln!(
-        "demo: a simulated fleet of {} nodes in clusters c01, c02 (after 20 s one node goes silent, one overheats, one program crashes)",
+        "demo: a simulated fleet of {} nodes in clusters c01, c02 (after 20 s one node goes silent, and another overheats and crash-loops a program)",
         fleet.nodes
     );
     // History: the embedded ClickHouse engine (or CLICKHOUSE_URL's server) and the ingest.
