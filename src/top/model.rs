@@ -52,6 +52,9 @@ pub enum Applied {
 #[derive(Debug, Default)]
 pub struct Store {
     pub grid: Option<Seen<Rollup>>,
+    /// The grid put together from the cluster rollups, for when no aggregator serves the grid
+    /// scope (`--serve` without `grid`): shown until a real grid rollup arrives.
+    pub grid_from_clusters: Option<Seen<Rollup>>,
     pub clusters: BTreeMap<String, Seen<Rollup>>,
     pub groups: BTreeMap<(String, String), Seen<Rollup>>,
     pub nodes: HashMap<NodeId, NodeState>,
@@ -90,6 +93,12 @@ impl Store {
             Scope::Grid => self.grid = Some(seen),
             Scope::Cluster { cluster } => {
                 self.clusters.insert(cluster.clone(), seen);
+                if self.grid.is_none() {
+                    self.grid_from_clusters = Some(Seen {
+                        value: grid_of(self.clusters.iter().map(|(n, r)| (n, &r.value))),
+                        at: now,
+                    });
+                }
             }
             Scope::Group { cluster, group } => {
                 self.groups.insert((cluster.clone(), group.clone()), seen);
@@ -186,7 +195,7 @@ impl Store {
     /// The rollup a place's member list comes from (a node has none).
     pub fn rollup(&self, place: &Place) -> Option<&Seen<Rollup>> {
         match place {
-            Place::Grid => self.grid.as_ref(),
+            Place::Grid => self.grid.as_ref().or(self.grid_from_clusters.as_ref()),
             Place::Cluster(c) => self.clusters.get(c),
             Place::Group(c, g) => self.groups.get(&(c.clone(), g.clone())),
             Place::Node(_) => None,
@@ -208,6 +217,59 @@ impl Store {
             .iter()
             .find(|m| m.name == id.node)
     }
+}
+
+/// A grid rollup from cluster rollups: one member line per cluster, the node counts, faults,
+/// programs and alarms summed. Means are of the clusters' figures (the sketches are not merged:
+/// this is a stand-in for the grid aggregator, not a replacement).
+fn grid_of<'a>(clusters: impl Iterator<Item = (&'a String, &'a Rollup)>) -> Rollup {
+    let mut g = Rollup {
+        level: wire::Level::Grid,
+        ..Default::default()
+    };
+    for (name, r) in clusters {
+        let mean = |m: &str| r.metrics.get(m).map(|s| s.mean as f32);
+        let max = |m: &str| r.metrics.get(m).map(|s| s.max as f32);
+        g.window_start_ms = g.window_start_ms.max(r.window_start_ms);
+        g.window_ms = r.window_ms;
+        g.nodes.merge(&r.nodes);
+        g.faults.merge(&r.faults);
+        g.programs.merge(&r.programs);
+        g.alarms.active += r.alarms.active;
+        g.alarms.critical += r.alarms.critical;
+        g.alarms.warning += r.alarms.warning;
+        g.alarms.info += r.alarms.info;
+        g.alarms.list.extend(r.alarms.list.iter().cloned());
+        g.members.push(MemberLine {
+            name: name.clone(),
+            status: if r.nodes.online > 0 {
+                wire::MemberStatus::Online
+            } else if r.nodes.stale > 0 {
+                wire::MemberStatus::Stale
+            } else {
+                wire::MemberStatus::Offline
+            },
+            last_seen_ms: r.window_start_ms.saturating_add(i64::from(r.window_ms)),
+            nodes: r.nodes,
+            cpu_pct: mean("cpu_pct"),
+            cpu_max_pct: max("cpu_pct"),
+            mem_used_pct: mean("mem_used_pct"),
+            disk_busy_pct: mean("disk_busy_pct"),
+            net_rx_bytes_ps: r.sums.net_rx_bytes_ps,
+            net_tx_bytes_ps: r.sums.net_tx_bytes_ps,
+            temp_max_c: max("temp_cpu_c"),
+            faults: r.faults.nodes_with_faults,
+            programs_failed: r.programs.failed(),
+            alarms: r.alarms.active,
+        });
+    }
+    g.alarms.list.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.since_ms.cmp(&b.since_ms))
+    });
+    g.alarms.list.truncate(wire::ALARM_LIST_MAX);
+    g
 }
 
 /// Where the view is: the grid, a cluster, a group or one node.
@@ -351,6 +413,30 @@ pub(crate) mod tests {
         assert!(names(&Place::Cluster("c02".into())).is_empty());
         let id = NodeId::new("c01", "g01", "n2").unwrap();
         assert_eq!(s.member_line(&id).unwrap().name, "n2");
+    }
+
+    #[test]
+    fn without_a_grid_rollup_the_grid_is_put_together_from_the_clusters() {
+        let mut s = Store::default();
+        let now = Instant::now();
+        let sub = subjects();
+        s.apply(&sub, "grid.c02", &rollup(&["g01"]), now);
+        s.apply(&sub, "grid.c01", &rollup(&["g01", "g02"]), now);
+        let names: Vec<String> = s
+            .members(&Place::Grid)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, ["c01", "c02"]);
+        // A real grid rollup wins from then on.
+        s.apply(&sub, "grid", &rollup(&["c09"]), now);
+        s.apply(&sub, "grid.c03", &rollup(&[]), now);
+        let names: Vec<String> = s
+            .members(&Place::Grid)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, ["c09"]);
     }
 
     #[test]
