@@ -56,6 +56,16 @@ pub enum Scope {
     Node(NodeId),
 }
 
+/// Whether the scope written `path` (as [`Scope`] displays it: `cluster[/group[/node]]`) lies
+/// within `outer` (same form; empty for the whole grid).
+pub fn path_within(path: &str, outer: &str) -> bool {
+    outer.is_empty()
+        || path == outer
+        || path
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -394,6 +404,15 @@ pub fn is_reserved(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_within_scopes() {
+        assert!(path_within("c01/g01/n1", ""));
+        assert!(path_within("c01/g01/n1", "c01"));
+        assert!(path_within("c01/g01/n1", "c01/g01/n1"));
+        assert!(!path_within("c011/g01/n1", "c01"));
+        assert!(!path_within("c01", "c01/g01"));
+    }
 
     fn id() -> NodeId {
         NodeId::new("eu", "rack1", "web-01").unwrap()

@@ -313,15 +313,6 @@ impl Place {
     }
 }
 
-/// Whether an alarm raise or clear is about `scope` (or below it); the grid holds everything.
-pub fn in_scope(alarm_scope: &str, scope: &str) -> bool {
-    scope.is_empty()
-        || alarm_scope == scope
-        || alarm_scope
-            .strip_prefix(scope)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// A short text for an alarm event.
 pub fn alarm_text(note: &AlarmNote) -> String {
     let e = &note.event;
@@ -481,15 +472,6 @@ pub(crate) mod tests {
         let st = &s.nodes[&id];
         assert!(st.report.value.processes.is_none());
         assert_eq!(st.table.as_ref().unwrap().value.rows[0].pid, 7);
-    }
-
-    #[test]
-    fn alarm_scopes() {
-        assert!(in_scope("c01/g01/n1", ""));
-        assert!(in_scope("c01/g01/n1", "c01"));
-        assert!(in_scope("c01/g01/n1", "c01/g01/n1"));
-        assert!(!in_scope("c011/g01/n1", "c01"));
-        assert!(!in_scope("c01", "c01/g01"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 
 use super::app::{App, Focus, SortKey, Tone};
-use super::model::{alarm_text, in_scope, Place, Store};
+use super::model::{alarm_text, Place, Store};
 
 /// Things the view shows that are not in the store.
 #[derive(Debug, Clone)]
@@ -479,7 +479,7 @@ fn node_alarms<'a>(store: &'a Store, place: &Place) -> Vec<&'a ActiveAlarm> {
                 .alarms
                 .list
                 .iter()
-                .filter(|a| in_scope(&a.scope, &scope))
+                .filter(|a| gridmon_nats::subject::path_within(&a.scope, &scope))
                 .collect()
         })
         .unwrap_or_default()

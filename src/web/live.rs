@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gridmon_aggregators::sample::{FaultKind, Metric, NodeSample};
+use gridmon_nats::subject::path_within;
 use gridmon_nats::wire::{
     self, AlarmAction, AlarmEvent, Event, Kind, NodeReport, ProgramEvent, ReportView, Rollup,
     Severity,
@@ -488,13 +489,7 @@ impl Live {
         let mut v: Vec<&AlarmLine> = self
             .alarms
             .values()
-            .filter(|a| {
-                prefix.is_empty()
-                    || a.scope == prefix
-                    || a.scope
-                        .strip_prefix(prefix)
-                        .is_some_and(|r| r.starts_with('/'))
-            })
+            .filter(|a| path_within(&a.scope, prefix))
             .collect();
         v.sort_by(|a, b| {
             b.severity
@@ -509,13 +504,7 @@ impl Live {
         self.events
             .iter()
             .rev()
-            .filter(|e| {
-                prefix.is_empty()
-                    || e.scope == prefix
-                    || e.scope
-                        .strip_prefix(prefix)
-                        .is_some_and(|r| r.starts_with('/'))
-            })
+            .filter(|e| path_within(&e.scope, prefix))
             .take(50)
             .collect()
     }
