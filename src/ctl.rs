@@ -192,10 +192,7 @@ pub async fn run(
             config.commands.registry_bucket
         );
     }
-    let timeout = args.timeout.unwrap_or(match op {
-        Op::Deploy | Op::Upgrade | Op::Shutdown => config.commands.timeout * 4,
-        _ => config.commands.timeout,
-    });
+    let timeout = args.timeout.unwrap_or_else(|| command_timeout(&config, op));
     let batch = batch_size(args.batch.as_deref(), members.len())?;
     let subjects = config.subjects()?;
     let mut results = Vec::with_capacity(members.len());
@@ -342,6 +339,15 @@ fn load_key(config: &Config, args: &CtlArgs, op: Op) -> anyhow::Result<Option<nk
         return Ok(None);
     };
     Ok(Some(read_key(&path)?))
+}
+
+/// How long to wait for an agent's answer to `op`: `commands.timeout`, four times that for the
+/// operations that install or drain.
+pub fn command_timeout(config: &Config, op: Op) -> Duration {
+    match op {
+        Op::Deploy | Op::Upgrade | Op::Shutdown => config.commands.timeout * 4,
+        _ => config.commands.timeout,
+    }
 }
 
 /// Sends one command to one node and waits for its reply: the path of the views (`gridmon top`,

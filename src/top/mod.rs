@@ -256,7 +256,7 @@ fn send(
             ..Default::default()
         };
         tracing::info!(op = %req.op, program = %req.program, node = %req.node, "sending");
-        let timeout = config.commands.timeout;
+        let timeout = crate::ctl::command_timeout(&config, req.op);
         let result =
             crate::ctl::request_one(&client, &config, &req.node, body, key.as_deref(), timeout)
                 .await

@@ -646,7 +646,7 @@ async fn command(
         on_behalf_of: Some(user.clone()),
         ..Default::default()
     };
-    let timeout = super::command_timeout(&app.config, op);
+    let timeout = crate::ctl::command_timeout(&app.config, op);
     let started = std::time::Instant::now();
     let reply = crate::ctl::request_one(&app.client, &app.config, &id, body, Some(key), timeout)
         .await

@@ -9,7 +9,6 @@ mod history;
 mod live;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -205,13 +204,4 @@ pub fn hash_password_from_stdin() -> anyhow::Result<()> {
     }
     println!("{}", hash_password(pw)?);
     Ok(())
-}
-
-/// How long the command path waits for an agent.
-fn command_timeout(config: &Config, op: gridmon_nats::command::Op) -> Duration {
-    use gridmon_nats::command::Op;
-    match op {
-        Op::Deploy | Op::Upgrade => config.commands.timeout * 4,
-        _ => config.commands.timeout,
-    }
 }
