@@ -67,7 +67,8 @@ impl Store {
         self.client.clone().with_database(&self.database)
     }
 
-    async fn timed<T>(
+    /// Runs a query with the configured timeout; `what` names it in the error.
+    pub async fn timed<T>(
         &self,
         what: &str,
         f: impl std::future::Future<Output = clickhouse::error::Result<T>>,

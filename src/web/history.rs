@@ -3,9 +3,6 @@
 //! frequency per day). Every query is bounded: a range is cut into at most [`MAX_POINTS`] steps
 //! and reads the 1-minute or the 1-hour table, never the raw rows.
 
-use std::time::Duration;
-
-use anyhow::Context;
 use clickhouse::Row;
 use gridmon_ingest::store::Store;
 use serde::{Deserialize, Serialize};
@@ -131,18 +128,6 @@ impl History {
         Self { store }
     }
 
-    async fn timed<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = clickhouse::error::Result<T>>,
-    ) -> anyhow::Result<T> {
-        let t = self.store.timeout().max(Duration::from_secs(1));
-        tokio::time::timeout(t, f)
-            .await
-            .map_err(|_| anyhow::anyhow!("ClickHouse did not answer {what} within {t:?}"))?
-            .with_context(|| format!("ClickHouse: {what}"))
-    }
-
     pub async fn clusters(&self) -> anyhow::Result<Vec<ClusterInventory>> {
         let q = self.store.client().query(
             "SELECT cluster, count() AS nodes, sum(cpu_logical_cores) AS cpu_cores, \
@@ -151,7 +136,9 @@ impl History {
              toInt64(toUnixTimestamp64Milli(max(ts))) AS updated_ms \
              FROM inventory FINAL GROUP BY cluster ORDER BY cluster",
         );
-        self.timed("the inventory per cluster", q.fetch_all()).await
+        self.store
+            .timed("the inventory per cluster", q.fetch_all())
+            .await
     }
 
     pub async fn cluster_nodes(&self, cluster: &str) -> anyhow::Result<Vec<NodeInventory>> {
@@ -166,7 +153,9 @@ impl History {
                  FROM inventory FINAL WHERE cluster = ? ORDER BY group_name, node LIMIT 10000",
             )
             .bind(cluster);
-        self.timed("a cluster's inventory", q.fetch_all()).await
+        self.store
+            .timed("a cluster's inventory", q.fetch_all())
+            .await
     }
 
     /// Trends of every cluster (or one) over `[from_ms, to_ms)`, with the faults of the range.
@@ -201,7 +190,7 @@ impl History {
         if let Some(c) = cluster {
             q = q.bind(c);
         }
-        let rows: Vec<TrendRow> = self.timed("the trends", q.fetch_all()).await?;
+        let rows: Vec<TrendRow> = self.store.timed("the trends", q.fetch_all()).await?;
         let mut trends: Vec<Trend> = Vec::new();
         for r in rows {
             if trends.last().is_none_or(|t| t.cluster != r.cluster) {
@@ -241,7 +230,8 @@ impl History {
         if let Some(c) = cluster {
             q = q.bind(c);
         }
-        let mut faults: Vec<FaultPoint> = self.timed("the fault points", q.fetch_all()).await?;
+        let mut faults: Vec<FaultPoint> =
+            self.store.timed("the fault points", q.fetch_all()).await?;
         let faults_truncated = faults.len() as u64 > MAX_FAULT_POINTS;
         faults.truncate(MAX_FAULT_POINTS as usize);
         faults.reverse();
@@ -257,7 +247,10 @@ impl History {
         if let Some(c) = cluster {
             q = q.bind(c);
         }
-        let fault_days: Vec<FaultDay> = self.timed("the faults per day", q.fetch_all()).await?;
+        let fault_days: Vec<FaultDay> = self
+            .store
+            .timed("the faults per day", q.fetch_all())
+            .await?;
         Ok(HistoryAnswer {
             from_ms,
             to_ms,
@@ -294,7 +287,7 @@ impl History {
                 q = q.bind(part);
             }
         }
-        self.timed("the command audit", q.fetch_all()).await
+        self.store.timed("the command audit", q.fetch_all()).await
     }
 }
 
