@@ -196,6 +196,63 @@ pub struct ProcessRow {
     pub cpu_time_s: f64,
 }
 
+/// The orders a process table can be shown in (the terminal view and the dashboard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessOrder {
+    Name,
+    Pid,
+    Cpu,
+    /// Resident memory.
+    Mem,
+}
+
+impl ProcessOrder {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "name" => Self::Name,
+            "pid" => Self::Pid,
+            "cpu" => Self::Cpu,
+            "mem" => Self::Mem,
+            _ => return None,
+        })
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Pid => "pid",
+            Self::Cpu => "cpu",
+            Self::Mem => "mem",
+        }
+    }
+
+    /// Whether the natural direction is highest first (CPU and memory).
+    pub const fn desc_by_default(self) -> bool {
+        matches!(self, Self::Cpu | Self::Mem)
+    }
+}
+
+impl ProcessRow {
+    /// Compares by `order`'s key alone, ascending.
+    pub fn cmp_by(&self, other: &Self, order: ProcessOrder) -> std::cmp::Ordering {
+        match order {
+            ProcessOrder::Name => self.name.cmp(&other.name),
+            ProcessOrder::Pid => self.pid.cmp(&other.pid),
+            ProcessOrder::Cpu => self.cpu_pct.total_cmp(&other.cpu_pct),
+            ProcessOrder::Mem => self.rss_bytes.cmp(&other.rss_bytes),
+        }
+    }
+
+    /// Sorts `rows` by `order`, highest first with `desc`; ties by pid, lowest first.
+    pub fn sort(rows: &mut [&Self], order: ProcessOrder, desc: bool) {
+        rows.sort_by(|a, b| {
+            let o = a.cmp_by(b, order);
+            let o = if desc { o.reverse() } else { o };
+            o.then(a.pid.cmp(&b.pid))
+        });
+    }
+}
+
 /// The process table of one interval.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

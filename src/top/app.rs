@@ -3,7 +3,7 @@
 //! Pure: keys come in, [`Effect`]s go out; the caller owns the terminal and the bus.
 
 use gridmon_nats::command::{CommandReply, Op};
-use gridmon_nats::wire::{MemberLine, ProcessRow, ProgramStatus};
+use gridmon_nats::wire::{MemberLine, ProcessOrder, ProcessRow, ProgramStatus};
 use gridmon_nats::NodeId;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -75,16 +75,13 @@ fn matches(name: &str, filter: &str) -> bool {
 /// The process rows shown: those whose name contains `filter` (any case), in `sort` order.
 pub fn sorted_rows<'a>(rows: &'a [ProcessRow], sort: Sort, filter: &str) -> Vec<&'a ProcessRow> {
     let mut out: Vec<&ProcessRow> = rows.iter().filter(|r| matches(&r.name, filter)).collect();
-    out.sort_by(|a, b| {
-        let o = match sort.key {
-            SortKey::Name => a.name.cmp(&b.name),
-            SortKey::Pid => a.pid.cmp(&b.pid),
-            SortKey::Cpu => a.cpu_pct.total_cmp(&b.cpu_pct),
-            SortKey::Mem => a.rss_bytes.cmp(&b.rss_bytes),
-        };
-        let o = if sort.desc { o.reverse() } else { o };
-        o.then(a.pid.cmp(&b.pid))
-    });
+    let order = match sort.key {
+        SortKey::Name => ProcessOrder::Name,
+        SortKey::Pid => ProcessOrder::Pid,
+        SortKey::Cpu => ProcessOrder::Cpu,
+        SortKey::Mem => ProcessOrder::Mem,
+    };
+    ProcessRow::sort(&mut out, order, sort.desc);
     out
 }
 

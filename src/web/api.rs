@@ -13,6 +13,7 @@ use futures::Stream;
 use gridmon_nats::command::{CommandBody, Op};
 use gridmon_nats::config::WebRole;
 use gridmon_nats::frame::now_ms;
+use gridmon_nats::wire::{ProcessOrder, ProcessRow};
 use gridmon_nats::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -473,7 +474,7 @@ struct ProcQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct ProcOut {
+struct ProcOut<'a> {
     node: String,
     ts_ms: i64,
     total: u32,
@@ -481,7 +482,7 @@ struct ProcOut {
     rows_in_table: usize,
     sort: &'static str,
     order: &'static str,
-    rows: Vec<gridmon_nats::wire::ProcessRow>,
+    rows: Vec<&'a ProcessRow>,
 }
 
 async fn processes(
@@ -497,21 +498,13 @@ async fn processes(
             "no process table from {id} yet"
         )));
     };
-    let sort = match q.sort.as_deref().unwrap_or("cpu") {
-        "name" => "name",
-        "pid" => "pid",
-        "cpu" => "cpu",
-        "mem" => "mem",
-        other => {
-            return Err(ApiError::bad(format!(
-                "sort {other:?}: one of name, pid, cpu, mem"
-            )))
-        }
-    };
+    let sort = q.sort.as_deref().unwrap_or("cpu");
+    let order = ProcessOrder::parse(sort)
+        .ok_or_else(|| ApiError::bad(format!("sort {sort:?}: one of name, pid, cpu, mem")))?;
     let desc = match q.order.as_deref() {
         Some("asc") => false,
         Some("desc") => true,
-        None => matches!(sort, "cpu" | "mem"),
+        None => order.desc_by_default(),
         Some(other) => return Err(ApiError::bad(format!("order {other:?}: asc or desc"))),
     };
     let rows_in_table = table.rows.len();
@@ -522,35 +515,18 @@ async fn processes(
             r.name.to_lowercase().contains(&f) || r.cmdline.to_lowercase().contains(&f)
         });
     }
-    sort_rows(&mut rows, sort, desc);
-    rows.truncate(q.limit.unwrap_or(1000).min(10_000));
+    let mut sorted: Vec<&ProcessRow> = rows.iter().collect();
+    ProcessRow::sort(&mut sorted, order, desc);
+    sorted.truncate(q.limit.unwrap_or(1000).min(10_000));
     Ok(json(&ProcOut {
         node: id.to_string(),
         ts_ms,
         total: table.total,
         rows_in_table,
-        sort,
+        sort: order.as_str(),
         order: if desc { "desc" } else { "asc" },
-        rows,
+        rows: sorted,
     }))
-}
-
-pub fn sort_rows(rows: &mut [gridmon_nats::wire::ProcessRow], key: &str, desc: bool) {
-    use std::cmp::Ordering;
-    rows.sort_by(|a, b| {
-        let o = match key {
-            "name" => a.name.cmp(&b.name),
-            "pid" => a.pid.cmp(&b.pid),
-            "mem" => a.rss_bytes.cmp(&b.rss_bytes),
-            _ => a.cpu_pct.partial_cmp(&b.cpu_pct).unwrap_or(Ordering::Equal),
-        }
-        .then(a.pid.cmp(&b.pid));
-        if desc {
-            o.reverse()
-        } else {
-            o
-        }
-    });
 }
 
 #[derive(Debug, Deserialize)]
