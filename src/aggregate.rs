@@ -200,22 +200,22 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
     };
     agg.start_explicit_scopes(started_ms).await;
 
+    // One timer per close instant, kept across the messages that arrive meanwhile.
+    let mut timer: Option<(i64, std::pin::Pin<Box<CloseSleep>>)> = None;
     loop {
-        // Wake at the close to the microsecond: a whole-ms sleep from a whole-ms clock would
-        // add up to 2 ms to every rollup.
-        let wait_us = agg.next_close_ms().map_or(1_000_000, |t| {
-            let now_us = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros());
-            (i128::from(t) * 1000 - i128::try_from(now_us).unwrap_or(i128::MAX)).max(0)
+        let due_ms = agg.next_close_ms();
+        if due_ms.is_some() && timer.as_ref().map(|(t, _)| *t) != due_ms {
+            timer = None;
+        }
+        // With nothing to close yet, look again within a second.
+        let (_, sleep) = timer.get_or_insert_with(|| {
+            let at = due_ms.unwrap_or_else(|| now_ms() + 1000);
+            (at, Box::pin(sleep_until_wall_ms(at)))
         });
-        let sleep = tokio::time::sleep(Duration::from_micros(
-            u64::try_from(wait_us).unwrap_or(u64::MAX),
-        ));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = sleep => {}
+            _ = sleep => timer = None,
             msg = inputs.next() => match msg {
                 Some(m) => agg.handle(m).await,
                 None => {
@@ -224,7 +224,7 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
                 }
             },
         }
-        agg.close_due(now_ms());
+        agg.close_due(now_ms()).await;
     }
     tracing::info!("aggregator stopping");
     tracker.close();
@@ -234,6 +234,41 @@ pub async fn run(config: Config, plan: Plan, shutdown: CancellationToken) -> any
         .await
         .ok();
     Ok(())
+}
+
+/// How much of a wait the runtime's timer covers; the rest is slept on a blocking thread.
+const COARSE_MARGIN: Duration = Duration::from_millis(3);
+
+type CloseSleep = dyn std::future::Future<Output = ()> + Send;
+
+/// Returns at the wall-clock instant `at_ms`, to within tens of microseconds.
+///
+/// The runtime's timer has a granularity of a millisecond and fires after the deadline's
+/// millisecond has passed, so alone it wakes a close 1–2 ms late, more when the machine is busy.
+/// It covers the wait up to `COARSE_MARGIN` before the close; the rest is a plain thread sleep on
+/// the blocking pool, which the kernel ends on time.
+async fn sleep_until_wall_ms(at_ms: i64) {
+    let wait = |at_ms: i64| {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let us = (i128::from(at_ms) * 1000 - i128::try_from(now_us).unwrap_or(i128::MAX)).max(0);
+        Duration::from_micros(u64::try_from(us).unwrap_or(u64::MAX))
+    };
+    let w = wait(at_ms);
+    if w > COARSE_MARGIN {
+        tokio::time::sleep(w - COARSE_MARGIN).await;
+    }
+    let rest = wait(at_ms);
+    if !rest.is_zero() {
+        // If the blocking pool is gone (shutting down), fall back to the runtime's timer.
+        if tokio::task::spawn_blocking(move || std::thread::sleep(rest))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(rest).await;
+        }
+    }
 }
 
 /// Which fold a message feeds.
@@ -569,7 +604,7 @@ impl Aggregator {
 
     /// Closes what is due, handing each scope's rollup to the publisher as soon as it is made:
     /// with many groups in one process, the first is on the bus before the last is folded.
-    fn close_due(&mut self, now: i64) {
+    async fn close_due(&mut self, now: i64) {
         let mut out = std::mem::take(&mut self.out);
         let groups: Vec<_> = self
             .groups
@@ -577,10 +612,40 @@ impl Aggregator {
             .filter(|(_, f)| f.next_close_ms() <= now)
             .map(|(k, _)| k.clone())
             .collect();
-        for k in groups {
-            if let Some(f) = self.groups.get_mut(&k) {
-                f.close_due(now, &mut out);
-                self.emit(&mut out);
+        if groups.len() > 1 {
+            // Several groups close at this instant: fold them side by side on the blocking
+            // pool and send each rollup as soon as it is made, so the last group of a process
+            // serving many does not wait for all the others.
+            let mut jobs: futures::stream::FuturesUnordered<_> = groups
+                .into_iter()
+                .filter_map(|k| self.groups.remove(&k).map(|f| (k, f)))
+                .map(|(k, mut f)| {
+                    tokio::task::spawn_blocking(move || {
+                        let mut out = Vec::new();
+                        f.close_due(now, &mut out);
+                        (k, f, out)
+                    })
+                })
+                .collect();
+            while let Some(done) = jobs.next().await {
+                match done {
+                    Ok((k, f, mut group_out)) => {
+                        self.groups.insert(k, f);
+                        self.emit(&mut group_out);
+                        // Let the publisher send it before the next one is framed.
+                        tokio::task::yield_now().await;
+                    }
+                    // A bug that panicked in the fold, or the runtime shutting down: the
+                    // group's state is gone and is rebuilt from its next reports.
+                    Err(e) => tracing::error!(error = %e, "a group's window could not be closed"),
+                }
+            }
+        } else {
+            for k in groups {
+                if let Some(f) = self.groups.get_mut(&k) {
+                    f.close_due(now, &mut out);
+                    self.emit(&mut out);
+                }
             }
         }
         let clusters: Vec<_> = self
