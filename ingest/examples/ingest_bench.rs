@@ -975,15 +975,42 @@ async fn breakdown(
             "{v}",
         ),
         (
-            "process_metrics + 1m view, 1h view fed from the 1m table",
+            "process_metrics + 1m and 1h views with GROUP BY (before migration 5)",
             vec![
                 "CREATE TABLE {v} AS process_metrics".into(),
                 "CREATE TABLE {v}_1m AS process_metrics_1m".into(),
-                "CREATE TABLE {v}_1h AS process_metrics_1h".into(),
-                format!("CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {view_1m}"),
-                format!("CREATE MATERIALIZED VIEW {{v}}_mv2 TO {{v}}_1h AS {HOUR_FROM_MINUTE}"),
+                "CREATE TABLE {v}_1h AS process_metrics_1m".into(),
+                format!(
+                    "CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {}",
+                    grouped("toStartOfMinute")
+                ),
+                format!(
+                    "CREATE MATERIALIZED VIEW {{v}}_mv2 TO {{v}}_1h AS {}",
+                    grouped("toStartOfHour")
+                ),
             ],
             "{v}",
+        ),
+        (
+            "Null String table + MV into process_metrics and its views",
+            vec![
+                "CREATE TABLE {v} AS process_metrics".into(),
+                "CREATE TABLE {v}_1m AS process_metrics_1m".into(),
+                "CREATE TABLE {v}_1h AS process_metrics_1m".into(),
+                format!("CREATE TABLE {{v}}_in ({}) ENGINE = Null", plain(false)),
+                "CREATE MATERIALIZED VIEW {v}_mv3 TO {v} AS SELECT * FROM {v}_in".into(),
+                format!(
+                    "CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {}",
+                    view_1m.replace("{v}", "{v}_in")
+                ),
+                format!(
+                    "CREATE MATERIALIZED VIEW {{v}}_mv2 TO {{v}}_1h AS {}",
+                    view_1m
+                        .replace("{v}", "{v}_in")
+                        .replace("toStartOfMinute", "toStartOfHour")
+                ),
+            ],
+            "{v}_in",
         ),
         (
             "process_metrics as migrated (+ 1m and 1h views)",
@@ -1020,7 +1047,7 @@ async fn breakdown(
             rows as f64 / wall.as_secs_f64(),
             them.map_or("-".into(), |t| format!("{:.0}", t * 1e9 / rows as f64)),
         );
-        for t in ["_mv", "_mv2", "_in", "_1m", "_1h", ""] {
+        for t in ["_mv", "_mv2", "_mv3", "_in", "_1m", "_1h", ""] {
             client
                 .query(&format!("DROP TABLE IF EXISTS {v}{t} SYNC"))
                 .execute()
@@ -1034,12 +1061,16 @@ async fn breakdown(
     Ok(())
 }
 
-/// The 1-hour process aggregate computed from the 1-minute one (a suggestion, measured in
-/// [`breakdown`]), instead of from the raw rows as the schema does.
-const HOUR_FROM_MINUTE: &str = "SELECT toStartOfHour(ts) AS ts, cluster, group_name, node, name, start_time, pid, \
-    any(user) AS user, sum(samples) AS samples, sum(cpu_pct_sum) AS cpu_pct_sum, max(cpu_pct_max) AS cpu_pct_max, \
-    sum(rss_bytes_sum) AS rss_bytes_sum, max(rss_bytes_max) AS rss_bytes_max, max(threads_max) AS threads_max, \
-    max(fds_max) AS fds_max FROM {v}_1m GROUP BY ts, cluster, group_name, node, name, start_time, pid";
+/// The process views as migration 2 made them (aggregating each inserted block with a
+/// `GROUP BY`), for comparison with the projections migration 5 put in their place.
+fn grouped(bucket: &str) -> String {
+    format!(
+        "SELECT {bucket}(ts) AS ts, cluster, group_name, node, name, start_time, pid, \
+         any(user) AS user, count() AS samples, sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max, \
+         sum(rss_bytes) AS rss_bytes_sum, max(rss_bytes) AS rss_bytes_max, max(threads) AS threads_max, \
+         max(fds) AS fds_max FROM {{v}} GROUP BY ts, cluster, group_name, node, name, start_time, pid"
+    )
+}
 
 #[derive(Row, Deserialize)]
 struct PartsSum {

@@ -126,7 +126,13 @@ impl Store {
                 continue;
             }
             for s in m.statements {
-                self.execute(&schema::render(s, db))
+                let sql = schema::render(s, db);
+                let mut q = self.client.query(&sql);
+                if sql.contains(" MODIFY QUERY ") {
+                    // Experimental before 24.1, a no-op since.
+                    q = q.with_setting("allow_experimental_alter_materialized_view_structure", "1");
+                }
+                self.timed(&sql, q.execute())
                     .await
                     .with_context(|| format!("migration {} ({})", m.version, m.name))?;
             }

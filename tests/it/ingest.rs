@@ -685,6 +685,19 @@ async fn migrations_are_concurrent_safe_and_retention_follows_the_config() {
         !engine("node_metrics_1h").await.contains(" TTL "),
         "0s keeps rows forever"
     );
+    // Migration 5 replaced the downsampling views' queries with projections.
+    let views: Vec<(String, String)> = db
+        .client
+        .query("SELECT name, as_select FROM system.tables WHERE database = ? AND name LIKE '%\\_mv' ORDER BY name")
+        .bind(&db.name)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(views.len(), 6, "{views:?}");
+    for (name, select) in &views {
+        assert!(!select.contains("GROUP BY"), "{name}: {select}");
+        assert!(select.contains("1 AS samples") || select.contains("toUInt64(1) AS samples"), "{name}: {select}");
+    }
 
     let config = write(5);
     let out = gridmon_commands::child::command(GRIDMON)
