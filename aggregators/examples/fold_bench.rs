@@ -389,6 +389,7 @@ fn main() {
         (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let (mut offered, mut group_closes, mut cluster_closes) = (0u64, 0u64, 0u64);
     let mut rollup_bytes = 0;
+    let mut rollup_encoded: Vec<u8> = Vec::new();
     let mut rollup_members = 0;
     let mut rollup_metrics = 0;
     let mut cluster_bytes = 0;
@@ -440,9 +441,8 @@ fn main() {
                 group: Some(rollups[0].0.clone()),
                 node: None,
             };
-            rollup_bytes = encode(&envelope(Kind::Rollup, source, r.clone()))
-                .unwrap()
-                .len();
+            rollup_encoded = encode(&envelope(Kind::Rollup, source, r.clone())).unwrap();
+            rollup_bytes = rollup_encoded.len();
         }
 
         let t = Instant::now();
@@ -556,6 +556,20 @@ fn main() {
          500-process report {:.1} us/report, host-only {:.2} us/report",
         us(skim_full),
         us(skim_host)
+    );
+    // What a cluster aggregator pays per group rollup it receives.
+    let rollup_full = time_per(small / 10, || {
+        decode::<gridmon_nats::wire::Rollup>(&rollup_encoded, Kind::Rollup).unwrap()
+    });
+    let rollup_summary = time_per(small / 10, || {
+        gridmon_nats::skim::decode_rollup_summary(&rollup_encoded).unwrap()
+    });
+    println!(
+        "decode, group rollup ({} bytes): whole {:.1} us, without member lines (as the cluster \
+         aggregator does, gridmon_nats::skim) {:.1} us",
+        rollup_encoded.len(),
+        us(rollup_full),
+        us(rollup_summary)
     );
     let per_report = view_host.as_secs_f64() + fold_t.as_secs_f64() / offered as f64;
     println!(

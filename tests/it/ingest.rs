@@ -696,7 +696,10 @@ async fn migrations_are_concurrent_safe_and_retention_follows_the_config() {
     assert_eq!(views.len(), 6, "{views:?}");
     for (name, select) in &views {
         assert!(!select.contains("GROUP BY"), "{name}: {select}");
-        assert!(select.contains("1 AS samples") || select.contains("toUInt64(1) AS samples"), "{name}: {select}");
+        assert!(
+            select.contains("1 AS samples") || select.contains("toUInt64(1) AS samples"),
+            "{name}: {select}"
+        );
     }
 
     let config = write(5);
