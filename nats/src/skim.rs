@@ -7,7 +7,7 @@
 //! that. The skipper is iterative (no recursion for hostile nesting to exhaust) and every value
 //! consumes at least one byte, so any input ends in at most `len` steps.
 
-use crate::wire::{decode, Envelope, Kind, ReportView, Rollup, WireError};
+use crate::wire::{decode, Envelope, Kind, ReportView, Rollup, WireError, SCHEMA_VERSION};
 
 /// Position just past the MessagePack value that starts at `pos`; `None` if the bytes end first
 /// or hold the never-used marker `0xc1`.
@@ -159,6 +159,37 @@ pub fn decode_report_view(bytes: &[u8]) -> Result<Envelope<ReportView>, WireErro
     Ok(env)
 }
 
+/// The MessagePack integer at `pos`, if it is one that fits an `i64`.
+fn int_at(buf: &[u8], pos: usize) -> Option<i64> {
+    let m = *buf.get(pos)?;
+    match m {
+        0x00..=0x7f => Some(i64::from(m)),
+        0xe0..=0xff => Some(i64::from(m as i8)),
+        0xcc => i64::try_from(be(buf, pos + 1, 1)?).ok(),
+        0xcd => i64::try_from(be(buf, pos + 1, 2)?).ok(),
+        0xce => i64::try_from(be(buf, pos + 1, 4)?).ok(),
+        0xcf => i64::try_from(be(buf, pos + 1, 8)?).ok(),
+        0xd0 => Some(i64::from(be(buf, pos + 1, 1)? as u8 as i8)),
+        0xd1 => Some(i64::from(be(buf, pos + 1, 2)? as u16 as i16)),
+        0xd2 => Some(i64::from(be(buf, pos + 1, 4)? as u32 as i32)),
+        0xd3 => Some(be(buf, pos + 1, 8)? as i64),
+        _ => None,
+    }
+}
+
+/// The window start of an encoded rollup of this schema, read by byte jumps without decoding
+/// anything else: how a standby aggregator follows what the leader publishes. `None` for
+/// anything that is not a well-formed rollup envelope of [`SCHEMA_VERSION`] as far as read.
+pub fn rollup_window_start(buf: &[u8]) -> Option<i64> {
+    if int_at(buf, find(buf, 0, b"schema")?)? != i64::from(SCHEMA_VERSION) {
+        return None;
+    }
+    if str_at(buf, find(buf, 0, b"kind")?)?.0 != Kind::Rollup.as_str().as_bytes() {
+        return None;
+    }
+    int_at(buf, find(buf, find(buf, 0, b"body")?, b"window_start_ms")?)
+}
+
 /// (start, end, elements) of `body.members` in an encoded rollup, if it has member lines.
 pub fn locate_members(buf: &[u8]) -> Option<(usize, usize, u64)> {
     let body = find(buf, 0, b"body")?;
@@ -277,6 +308,24 @@ mod tests {
             slow.body.members.clear();
             assert_eq!(fast, slow, "{members} members");
         }
+        for start in [
+            0i64,
+            1,
+            127,
+            128,
+            -1,
+            -33,
+            1_795_473_360_000,
+            -1_795_473_360_000,
+        ] {
+            let mut env: Envelope<Rollup> = decode(&rollup(3), Kind::Rollup).unwrap();
+            env.body.window_start_ms = start;
+            let bytes = encode(&env).unwrap();
+            assert_eq!(rollup_window_start(&bytes), Some(start));
+            env.schema = SCHEMA_VERSION + 1;
+            assert_eq!(rollup_window_start(&encode(&env).unwrap()), None);
+        }
+        assert_eq!(rollup_window_start(&report(3, "w")), None, "not a rollup");
         // Damaged bytes are an error, not a panic.
         let bytes = rollup(128);
         assert!(decode_rollup_summary(&bytes[..bytes.len() / 2]).is_err());
@@ -373,6 +422,7 @@ mod tests {
                 bytes[i] = v;
             }
             let _ = decode_rollup_summary(&bytes);
+            let _ = rollup_window_start(&bytes);
         }
 
         #[test]
