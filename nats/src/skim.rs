@@ -148,11 +148,7 @@ pub fn decode_report_view(bytes: &[u8]) -> Result<Envelope<ReportView>, WireErro
     let Some((start, end, n)) = locate_rows(bytes) else {
         return decode(bytes, Kind::NodeReport);
     };
-    let mut cut = Vec::with_capacity(bytes.len() - (end - start) + 1);
-    cut.extend_from_slice(&bytes[..start]);
-    cut.push(0x90);
-    cut.extend_from_slice(&bytes[end..]);
-    let mut env: Envelope<ReportView> = decode(&cut, Kind::NodeReport)?;
+    let mut env: Envelope<ReportView> = decode(&emptied(bytes, start, end), Kind::NodeReport)?;
     if let Some(p) = &mut env.body.processes {
         p.row_count = u32::try_from(n).unwrap_or(u32::MAX);
     }
@@ -203,14 +199,19 @@ pub fn locate_members(buf: &[u8]) -> Option<(usize, usize, u64)> {
 /// in 41 KB) and nothing above the group uses them; they are cut out by byte jumps before the
 /// serde decode. Otherwise the same result as `decode::<Rollup>` on well-formed input.
 pub fn decode_rollup_summary(bytes: &[u8]) -> Result<Envelope<Rollup>, WireError> {
-    let Some((start, end, _)) = locate_members(bytes) else {
-        return decode(bytes, Kind::Rollup);
-    };
+    match locate_members(bytes) {
+        Some((start, end, _)) => decode(&emptied(bytes, start, end), Kind::Rollup),
+        None => decode(bytes, Kind::Rollup),
+    }
+}
+
+/// A copy of `bytes` with the array at `start..end` replaced by an empty one.
+fn emptied(bytes: &[u8], start: usize, end: usize) -> Vec<u8> {
     let mut cut = Vec::with_capacity(bytes.len() - (end - start) + 1);
     cut.extend_from_slice(&bytes[..start]);
     cut.push(0x90);
     cut.extend_from_slice(&bytes[end..]);
-    decode(&cut, Kind::Rollup)
+    cut
 }
 
 #[cfg(test)]
