@@ -910,20 +910,7 @@ impl Converter {
             ("unknown", ps.unknown),
         ];
         let program_states = b.programs.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let i = &b.input;
-        let input = vec![
-            ("received", i.received),
-            ("folded", i.folded),
-            ("late", i.late),
-            ("late_dropped", i.late_dropped),
-            ("malformed", i.malformed),
-            ("unknown_schema", i.unknown_schema),
-            ("wrong_kind", i.wrong_kind),
-            ("identity_mismatch", i.identity_mismatch),
-            ("clock_skew", i.clock_skew),
-            ("duplicate", i.duplicate),
-            ("oversize", i.oversize),
-        ];
+        let input = b.input.counters().to_vec();
         out.rollups.push(RollupRow {
             ts,
             level,

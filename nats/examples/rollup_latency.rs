@@ -124,18 +124,10 @@ async fn main() {
             .or_default()
             .push(at - close);
         if level == 0 {
-            let i = &r.input;
-            for (k, v) in [
-                ("late", i.late),
-                ("late_dropped", i.late_dropped),
-                ("malformed", i.malformed),
-                ("unknown_schema", i.unknown_schema),
-                ("wrong_kind", i.wrong_kind),
-                ("identity_mismatch", i.identity_mismatch),
-                ("clock_skew", i.clock_skew),
-                ("duplicate", i.duplicate),
-                ("oversize", i.oversize),
-            ] {
+            for (k, v) in r.input.counters() {
+                if k == "received" || k == "folded" {
+                    continue;
+                }
                 let e = drops.entry(k.to_string()).or_default();
                 *e = (*e).max(v);
             }

@@ -516,6 +516,23 @@ pub struct InputStats {
 }
 
 impl InputStats {
+    /// Every counter with its wire name, in declaration order.
+    pub fn counters(&self) -> [(&'static str, u64); 11] {
+        [
+            ("received", self.received),
+            ("folded", self.folded),
+            ("late", self.late),
+            ("late_dropped", self.late_dropped),
+            ("malformed", self.malformed),
+            ("unknown_schema", self.unknown_schema),
+            ("wrong_kind", self.wrong_kind),
+            ("identity_mismatch", self.identity_mismatch),
+            ("clock_skew", self.clock_skew),
+            ("duplicate", self.duplicate),
+            ("oversize", self.oversize),
+        ]
+    }
+
     pub fn dropped(&self) -> u64 {
         self.late_dropped
             + self.malformed
