@@ -739,7 +739,7 @@ fn convert_phase(
     let mut conv = Converter::new(subjects.clone(), 4096);
     let mut rows = Rows::default();
     let mut batches = Vec::new();
-    println!("table  reports  bytes/report  decode only/report  add_message/report  add_message/row  rows/s (one core)");
+    println!("table  reports  bytes/report  decode only/report  add_message/report  add_message/row  rows/s (one core)  `processes` rows");
     for i in 0..a.intervals {
         let ts = T0_MS + 10_000 * (i as i64 + 1);
         let msgs = fleet.tick(ts, 10.0)?;
@@ -751,6 +751,7 @@ fn convert_phase(
         }
         let decode = t.elapsed();
         let mut process_rows = 0usize;
+        let mut info_rows = 0usize;
         let mut conv_time = Duration::ZERO;
         for m in &msgs {
             let t = Instant::now();
@@ -760,6 +761,8 @@ fn convert_phase(
                 matches!(out, gridmon_ingest::rows::Outcome::Rows(_)),
                 "a report was not converted: {out:?}"
             );
+            info_rows += rows.processes.len();
+            rows.processes.clear();
             if rows.process_metrics.len() >= BATCH_ROWS {
                 process_rows += rows.process_metrics.len();
                 let batch = std::mem::take(&mut rows.process_metrics);
@@ -767,6 +770,8 @@ fn convert_phase(
                     batches.push(Arc::new(batch));
                 }
             }
+            info_rows += rows.processes.len();
+            rows.processes.clear();
             rows.node_metrics.clear();
             rows.disk_metrics.clear();
             rows.fs_metrics.clear();
@@ -776,7 +781,7 @@ fn convert_phase(
         process_rows += rows.process_metrics.len();
         let n = msgs.len() as f64;
         println!(
-            "{:>5}  {:>7}  {:>12.0}  {:>15.1} µs  {:>15.1} µs  {:>12.0} ns  {:>10.0}",
+            "{:>5}  {:>7}  {:>12.0}  {:>15.1} µs  {:>15.1} µs  {:>12.0} ns  {:>10.0}  {:>10}",
             i + 1,
             msgs.len(),
             bytes as f64 / n,
@@ -784,6 +789,7 @@ fn convert_phase(
             conv_time.as_secs_f64() * 1e6 / n,
             conv_time.as_secs_f64() * 1e9 / process_rows as f64,
             process_rows as f64 / conv_time.as_secs_f64(),
+            info_rows,
         );
     }
     anyhow::ensure!(
@@ -828,12 +834,30 @@ async fn rate_phase(
         BATCH_ROWS,
         rows
     );
-    println!("compression  at once  wall      rows/s      bench CPU/row  engine CPU/row  (CPU % of one core: bench, engine)");
-    for (label, comp) in [("lz4", ChCompression::Lz4), ("none", ChCompression::None)] {
+    println!("compression  views    at once  wall      rows/s      bench CPU/row  engine CPU/row  (CPU % of one core: bench, engine)");
+    let runs = [
+        ("lz4", ChCompression::Lz4, true),
+        ("lz4", ChCompression::Lz4, false),
+        ("none", ChCompression::None, true),
+    ];
+    for (label, comp, views) in runs {
         for conc in [1usize, 2, 4] {
-            let db = format!("ingest_bench_rate_{label}_{conc}_{}", std::process::id());
+            let db = format!(
+                "ingest_bench_rate_{label}_{views}_{conc}_{}",
+                std::process::id()
+            );
             let store = store_for(ch.url(), &db, comp);
             store.migrate("ingest_bench").await?;
+            if !views {
+                // The table alone: what the narrow rows cost without the downsampling views.
+                for v in ["process_metrics_1m_mv", "process_metrics_1h_mv"] {
+                    store
+                        .client()
+                        .query(&format!("DROP VIEW {v}"))
+                        .execute()
+                        .await?;
+                }
+            }
             let sem = Arc::new(tokio::sync::Semaphore::new(conc));
             let meter = CpuMeter::start(engine);
             let mut tasks = Vec::new();
@@ -861,8 +885,9 @@ async fn rate_phase(
                 "{db}: {count} rows landed, {rows} sent"
             );
             let w = wall.as_secs_f64();
+            let views = if views { "1m, 1h" } else { "none" };
             println!(
-                "{label:>11}  {conc:>7}  {:>6.2} s  {:>9.0}  {:>10.0} ns  {:>11} ns  ({:.0} %, {})",
+                "{label:>11}  {views:<7}  {conc:>7}  {:>6.2} s  {:>9.0}  {:>10.0} ns  {:>11} ns  ({:.0} %, {})",
                 w,
                 rows as f64 / w,
                 me * 1e9 / rows as f64,
@@ -896,20 +921,20 @@ async fn breakdown(
         .bind(&db)
         .fetch_all()
         .await?;
-    let plain = |lc: bool| {
-        columns
-            .iter()
-            .map(|(n, t)| {
-                let t = if lc {
-                    t.clone()
-                } else {
-                    t.replace("LowCardinality(String)", "String")
-                };
-                format!("`{n}` {t}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let schema = columns
+        .iter()
+        .map(|(n, t)| format!("`{n}` {t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bare = columns
+        .iter()
+        .map(|(n, t)| {
+            // The type without its codec.
+            let t = t.split(" CODEC").next().unwrap_or(t);
+            format!("`{n}` {t}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let order = "ORDER BY (cluster, node, name, start_time, pid, ts)";
     let view_1m: String = client
         .query("SELECT as_select FROM system.tables WHERE database = ? AND name = 'process_metrics_1m_mv'")
@@ -919,103 +944,63 @@ async fn breakdown(
     let view_1m = view_1m
         .replace(&format!("`{db}`.process_metrics"), "{v}")
         .replace(&format!("{db}.process_metrics"), "{v}");
-    let mergetree = |lc: bool| {
+    let with_views = vec![
+        "CREATE TABLE {v} AS process_metrics".to_string(),
+        "CREATE TABLE {v}_1m AS process_metrics_1m".into(),
+        "CREATE TABLE {v}_1h AS process_metrics_1m".into(),
+        format!("CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {view_1m}"),
         format!(
-            "CREATE TABLE {{v}} ({}) ENGINE = MergeTree PARTITION BY toDate(ts) {order}",
-            plain(lc)
-        )
-    };
-    // (label, statements, table written), `{v}` standing for the variant's own name (the client
-    // caches each table's column types by name). Each variant's tables are dropped before the
-    // next, so its background merges do not run into the next measurement.
-    let variants: Vec<(&str, Vec<String>, &str)> = vec![
+            "CREATE MATERIALIZED VIEW {{v}}_mv2 TO {{v}}_1h AS {}",
+            view_1m.replace("toStartOfMinute", "toStartOfHour")
+        ),
+    ];
+    // Store::insert's own settings.
+    let store_settings: &[(&str, &str)] = &[("optimize_on_insert", "0")];
+    // (label, statements, table written, settings), `{v}` standing for the variant's own name
+    // (the client caches each table's column types by name). Each variant's tables are dropped
+    // before the next, so its background merges do not run into the next measurement.
+    #[allow(clippy::type_complexity)]
+    let variants: Vec<(&str, Vec<String>, &str, &[(&str, &str)])> = vec![
         (
             "Null engine, the schema's column types (RowBinary parse only)",
-            vec![format!(
-                "CREATE TABLE {{v}} ({}) ENGINE = Null",
-                plain(true)
-            )],
+            vec![format!("CREATE TABLE {{v}} ({schema}) ENGINE = Null")],
             "{v}",
-        ),
-        (
-            "Null engine, LowCardinality(String) as String",
-            vec![format!(
-                "CREATE TABLE {{v}} ({}) ENGINE = Null",
-                plain(false)
-            )],
-            "{v}",
+            &[],
         ),
         (
             "process_metrics without its materialized views",
             vec!["CREATE TABLE {v} AS process_metrics".into()],
             "{v}",
+            &[],
         ),
-        ("same, no codecs", vec![mergetree(true)], "{v}"),
         (
-            "same, LowCardinality(String) as String, no codecs",
-            vec![mergetree(false)],
+            "same, no codecs",
+            vec![format!(
+                "CREATE TABLE {{v}} ({bare}) ENGINE = MergeTree PARTITION BY toDate(ts) {order}"
+            )],
             "{v}",
+            &[],
         ),
         (
-            "Null String table + MV into process_metrics without views",
-            vec![
-                "CREATE TABLE {v} AS process_metrics".into(),
-                format!("CREATE TABLE {{v}}_in ({}) ENGINE = Null", plain(false)),
-                "CREATE MATERIALIZED VIEW {v}_mv TO {v} AS SELECT * FROM {v}_in".into(),
-            ],
-            "{v}_in",
-        ),
-        (
-            "process_metrics + its 1m view only",
-            vec![
-                "CREATE TABLE {v} AS process_metrics".into(),
-                "CREATE TABLE {v}_1m AS process_metrics_1m".into(),
-                format!("CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {view_1m}"),
-            ],
+            "process_metrics + 1m and 1h views, optimize_on_insert = 1 (default)",
+            with_views.clone(),
             "{v}",
+            &[],
         ),
         (
-            "process_metrics + 1m and 1h views with GROUP BY (before migration 5)",
-            vec![
-                "CREATE TABLE {v} AS process_metrics".into(),
-                "CREATE TABLE {v}_1m AS process_metrics_1m".into(),
-                "CREATE TABLE {v}_1h AS process_metrics_1m".into(),
-                format!(
-                    "CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {}",
-                    grouped("toStartOfMinute")
-                ),
-                format!(
-                    "CREATE MATERIALIZED VIEW {{v}}_mv2 TO {{v}}_1h AS {}",
-                    grouped("toStartOfHour")
-                ),
-            ],
+            "same, optimize_on_insert = 0 and parallel_view_processing = 1",
+            with_views.clone(),
             "{v}",
-        ),
-        (
-            "Null String table + MV into process_metrics and its views",
-            vec![
-                "CREATE TABLE {v} AS process_metrics".into(),
-                "CREATE TABLE {v}_1m AS process_metrics_1m".into(),
-                "CREATE TABLE {v}_1h AS process_metrics_1m".into(),
-                format!("CREATE TABLE {{v}}_in ({}) ENGINE = Null", plain(false)),
-                "CREATE MATERIALIZED VIEW {v}_mv3 TO {v} AS SELECT * FROM {v}_in".into(),
-                format!(
-                    "CREATE MATERIALIZED VIEW {{v}}_mv TO {{v}}_1m AS {}",
-                    view_1m.replace("{v}", "{v}_in")
-                ),
-                format!(
-                    "CREATE MATERIALIZED VIEW {{v}}_mv2 TO {{v}}_1h AS {}",
-                    view_1m
-                        .replace("{v}", "{v}_in")
-                        .replace("toStartOfMinute", "toStartOfHour")
-                ),
+            &[
+                ("optimize_on_insert", "0"),
+                ("parallel_view_processing", "1"),
             ],
-            "{v}_in",
         ),
         (
-            "process_metrics as migrated (+ 1m and 1h views)",
+            "process_metrics as migrated, Store::insert's settings",
             vec![],
             "process_metrics",
+            store_settings,
         ),
     ];
     let rows: usize = batches.iter().map(|b| b.len()).sum();
@@ -1023,7 +1008,7 @@ async fn breakdown(
     println!(
         "variant                                                          rows/s  engine CPU/row"
     );
-    for (i, (label, ddl, table)) in variants.iter().enumerate() {
+    for (i, (label, ddl, table, settings)) in variants.iter().enumerate() {
         let v = format!("v{i}");
         let table = table.replace("{v}", &v);
         for sql in ddl {
@@ -1036,6 +1021,9 @@ async fn breakdown(
                 .await?
                 .with_setting("insert_deduplication_token", format!("breakdown:{i}:{j}"))
                 .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+            for (k, val) in settings.iter() {
+                insert = insert.with_setting(*k, *val);
+            }
             for r in b.iter() {
                 insert.write(r).await?;
             }
@@ -1047,7 +1035,7 @@ async fn breakdown(
             rows as f64 / wall.as_secs_f64(),
             them.map_or("-".into(), |t| format!("{:.0}", t * 1e9 / rows as f64)),
         );
-        for t in ["_mv", "_mv2", "_mv3", "_in", "_1m", "_1h", ""] {
+        for t in ["_mv", "_mv2", "_1m", "_1h", ""] {
             client
                 .query(&format!("DROP TABLE IF EXISTS {v}{t} SYNC"))
                 .execute()
@@ -1059,17 +1047,6 @@ async fn breakdown(
         .execute()
         .await?;
     Ok(())
-}
-
-/// The process views as migration 2 made them (aggregating each inserted block with a
-/// `GROUP BY`), for comparison with the projections migration 5 put in their place.
-fn grouped(bucket: &str) -> String {
-    format!(
-        "SELECT {bucket}(ts) AS ts, cluster, group_name, node, name, start_time, pid, \
-         any(user) AS user, count() AS samples, sum(cpu_pct) AS cpu_pct_sum, max(cpu_pct) AS cpu_pct_max, \
-         sum(rss_bytes) AS rss_bytes_sum, max(rss_bytes) AS rss_bytes_max, max(threads) AS threads_max, \
-         max(fds) AS fds_max FROM {{v}} GROUP BY ts, cluster, group_name, node, name, start_time, pid"
-    )
 }
 
 #[derive(Row, Deserialize)]
@@ -1125,6 +1102,7 @@ async fn storage_phase(a: &Args, ch: &ClickHouse, subjects: &Subjects) -> anyhow
     let mut fleet = Fleet::new(subjects, a.storage_nodes, a.procs, 11);
     let mut conv = Converter::new(subjects.clone(), 4096);
     let mut rows = Rows::default();
+    let mut infos = Vec::new();
     let mut inflight: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     let mut n = 0usize;
     let mut encoded = 0usize;
@@ -1134,6 +1112,7 @@ async fn storage_phase(a: &Args, ch: &ClickHouse, subjects: &Subjects) -> anyhow
         for m in fleet.tick(ts, 10.0)? {
             encoded += m.payload.len();
             conv.add_message(&m.subject, Some(m.msg_id.as_str()), &m.payload, &mut rows);
+            infos.append(&mut rows.processes);
             rows.node_metrics.clear();
             rows.disk_metrics.clear();
             rows.fs_metrics.clear();
@@ -1161,6 +1140,17 @@ async fn storage_phase(a: &Args, ch: &ClickHouse, subjects: &Subjects) -> anyhow
             .insert(rows.process_metrics.as_slice(), "storage:last")
             .await?;
     }
+    // Each process's `processes` row: one per process (and per restart), not per sample.
+    for (k, chunk) in infos.chunks(BATCH_ROWS).enumerate() {
+        store
+            .insert(chunk, &format!("storage:processes:{k}"))
+            .await?;
+    }
+    println!(
+        "{} `processes` rows (one per process run; {:.4} per process_metrics row)",
+        infos.len(),
+        infos.len() as f64 / n.max(1) as f64
+    );
     println!(
         "{n} rows generated, encoded ({:.0} bytes per row on the bus), converted and inserted in {:.1} s",
         encoded as f64 / n as f64,
@@ -1230,7 +1220,7 @@ async fn storage_phase(a: &Args, ch: &ClickHouse, subjects: &Subjects) -> anyhow
         .await?;
     for o in others {
         println!(
-            "downsampled {:<20} {:>8} rows, {:.1} MB on disk (not merged), {:.2} bytes per raw row",
+            "{:<24} {:>8} rows, {:.1} MB on disk (not merged), {:.2} bytes per process_metrics row",
             o.table,
             o.table_rows,
             o.on_disk as f64 / 1e6,

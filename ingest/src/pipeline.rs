@@ -570,6 +570,7 @@ fn flush(
         Table::FsMetrics => spawn!(fs_metrics),
         Table::NetMetrics => spawn!(net_metrics),
         Table::ProcessMetrics => spawn!(process_metrics),
+        Table::Processes => spawn!(processes),
         Table::SensorReadings => spawn!(sensor_readings),
         Table::Rollups => spawn!(rollups),
         Table::RollupMetrics => spawn!(rollup_metrics),

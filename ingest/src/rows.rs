@@ -11,6 +11,10 @@
 //! not know, on a subject whose kinds it routes this way, is skipped: a newer publisher's
 //! message, not a broken one.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
 use clickhouse::Row;
 use gridmon_nats::command::AuditRecord;
 use gridmon_nats::identity::NodeId;
@@ -29,6 +33,7 @@ pub enum Table {
     FsMetrics,
     NetMetrics,
     ProcessMetrics,
+    Processes,
     SensorReadings,
     Rollups,
     RollupMetrics,
@@ -40,12 +45,13 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::NodeMetrics,
         Table::DiskMetrics,
         Table::FsMetrics,
         Table::NetMetrics,
         Table::ProcessMetrics,
+        Table::Processes,
         Table::SensorReadings,
         Table::Rollups,
         Table::RollupMetrics,
@@ -63,6 +69,7 @@ impl Table {
             Table::FsMetrics => "fs_metrics",
             Table::NetMetrics => "net_metrics",
             Table::ProcessMetrics => "process_metrics",
+            Table::Processes => "processes",
             Table::SensorReadings => "sensor_readings",
             Table::Rollups => "rollups",
             Table::RollupMetrics => "rollup_metrics",
@@ -194,9 +201,7 @@ pub struct ProcessMetricsRow {
     pub msg: u64,
     pub pid: u32,
     pub start_time: i64,
-    pub ppid: u32,
     pub name: String,
-    pub cmdline: String,
     pub user: String,
     pub state: &'static str,
     pub cpu_pct: f32,
@@ -210,6 +215,24 @@ pub struct ProcessMetricsRow {
     pub priority: i16,
     pub run_time_s: u32,
     pub cpu_time_s: f64,
+}
+
+/// A process's identity and the facts that stay put while it runs: written when the ingest
+/// first sees the process, when one of them changes, and again after
+/// [`PROCESS_REWRITE_MS`] (see [`ProcessSeen`]).
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct ProcessInfoRow {
+    pub ts: i64,
+    pub cluster: String,
+    pub group_name: String,
+    pub node: String,
+    pub msg: u64,
+    pub pid: u32,
+    pub start_time: i64,
+    pub ppid: u32,
+    pub name: String,
+    pub cmdline: String,
+    pub user: String,
 }
 
 #[derive(Debug, Clone, Row, Serialize)]
@@ -435,6 +458,7 @@ table_row!(DiskRow, Table::DiskMetrics);
 table_row!(FsRow, Table::FsMetrics);
 table_row!(NetRow, Table::NetMetrics);
 table_row!(ProcessMetricsRow, Table::ProcessMetrics);
+table_row!(ProcessInfoRow, Table::Processes);
 table_row!(SensorRow, Table::SensorReadings);
 table_row!(RollupRow, Table::Rollups);
 table_row!(RollupMetricRow, Table::RollupMetrics);
@@ -485,6 +509,7 @@ pub struct Rows {
     pub fs_metrics: Vec<FsRow>,
     pub net_metrics: Vec<NetRow>,
     pub process_metrics: Vec<ProcessMetricsRow>,
+    pub processes: Vec<ProcessInfoRow>,
     pub sensor_readings: Vec<SensorRow>,
     pub rollups: Vec<RollupRow>,
     pub rollup_metrics: Vec<RollupMetricRow>,
@@ -503,6 +528,7 @@ impl Rows {
             Table::FsMetrics => self.fs_metrics.len(),
             Table::NetMetrics => self.net_metrics.len(),
             Table::ProcessMetrics => self.process_metrics.len(),
+            Table::Processes => self.processes.len(),
             Table::SensorReadings => self.sensor_readings.len(),
             Table::Rollups => self.rollups.len(),
             Table::RollupMetrics => self.rollup_metrics.len(),
@@ -527,6 +553,119 @@ pub struct Converter {
     pub repairs: Repairs,
     /// The `msg` hash of the last message that produced rows.
     pub last_msg: u64,
+    seen: ProcessSeen,
+}
+
+/// A running process's `processes` row is written again after this long (a day), so a process
+/// that outlives the table's retention keeps its row.
+pub const PROCESS_REWRITE_MS: i64 = 86_400_000;
+/// A process missing from its node's reports for this long is forgotten (the agent may send a
+/// selection of its processes, so one absence is not an exit).
+const PROCESS_FORGET_MS: i64 = 600_000;
+/// A node silent for this long is forgotten, with its processes.
+const NODE_FORGET_MS: i64 = 3_600_000;
+
+/// The processes this converter has written a `processes` row for, so a process table of 500
+/// processes yields 500 narrow `process_metrics` rows and a `processes` row only for the new
+/// (or changed) ones.
+///
+/// Losing it costs nothing but rows written again (a restarted worker writes each process once
+/// more, which the replacing engine collapses), and it never hides a row that was not written:
+/// an entry is made by a message whose rows are acknowledged only once inserted, and if that
+/// message comes back, it is because its rows may not have landed.
+#[derive(Debug, Default)]
+pub struct ProcessSeen {
+    nodes: HashMap<NodeId, NodeProcesses>,
+    /// The latest report time seen, for forgetting silent nodes.
+    latest_ms: i64,
+    reports: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeProcesses {
+    last_ms: i64,
+    /// (pid, start time ms) → what was written.
+    procs: HashMap<(u32, i64), Written>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// Hash of the facts written (ppid, name, command line, user).
+    facts: u64,
+    written_ms: i64,
+    seen_ms: i64,
+}
+
+impl ProcessSeen {
+    /// The processes known on `id`, which has just reported at `ts`.
+    pub fn node(&mut self, id: &NodeId, ts: i64) -> &mut NodeProcesses {
+        self.reports += 1;
+        self.latest_ms = self.latest_ms.max(ts);
+        if !self.nodes.contains_key(id) {
+            self.nodes.insert(id.clone(), NodeProcesses::default());
+        }
+        let node = self.nodes.get_mut(id).expect("inserted above");
+        node.last_ms = node.last_ms.max(ts);
+        node
+    }
+
+    /// Now and then, forgets nodes that stopped reporting.
+    fn sweep(&mut self, _ts: i64) {
+        if !self.reports.is_multiple_of(4096) {
+            return;
+        }
+        let cutoff = self.latest_ms - NODE_FORGET_MS;
+        self.nodes.retain(|_, n| n.last_ms >= cutoff);
+    }
+
+    /// Processes remembered, over all nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.values().map(|n| n.procs.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl NodeProcesses {
+    /// Whether `p`, seen in a report at `ts`, needs a `processes` row; remembers it as written
+    /// when it does.
+    fn needs_row(&mut self, p: &ProcessRow, ts: i64) -> bool {
+        let facts = {
+            let mut h = std::hash::DefaultHasher::new();
+            (p.ppid, &p.name, &p.cmdline, &p.user).hash(&mut h);
+            h.finish()
+        };
+        match self.procs.entry((p.pid, p.start_time_ms)) {
+            Entry::Occupied(mut e) => {
+                let w = e.get_mut();
+                w.seen_ms = w.seen_ms.max(ts);
+                if w.facts == facts && ts - w.written_ms < PROCESS_REWRITE_MS {
+                    return false;
+                }
+                w.facts = facts;
+                w.written_ms = ts;
+                true
+            }
+            Entry::Vacant(e) => {
+                e.insert(Written {
+                    facts,
+                    written_ms: ts,
+                    seen_ms: ts,
+                });
+                true
+            }
+        }
+    }
+
+    /// Forgets processes not seen for [`PROCESS_FORGET_MS`] before `ts`.
+    fn forget_gone(&mut self, ts: i64) {
+        let cutoff = ts - PROCESS_FORGET_MS;
+        if self.procs.values().any(|w| w.seen_ms < cutoff) {
+            self.procs.retain(|_, w| w.seen_ms >= cutoff);
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: a stable hash of a message's identity (stable across builds and
@@ -547,6 +686,7 @@ impl Converter {
             max_string,
             repairs: Repairs::default(),
             last_msg: 0,
+            seen: ProcessSeen::default(),
         }
     }
 
@@ -802,11 +942,33 @@ impl Converter {
         }
         if let Some(p) = &r.processes {
             out.process_metrics.reserve(p.rows.len());
+            let mut seen = std::mem::take(&mut self.seen);
+            let known = seen.node(id, ts);
             for row in &p.rows {
+                if known.needs_row(row, ts) {
+                    let info = ProcessInfoRow {
+                        ts,
+                        cluster: c.into(),
+                        group_name: g.into(),
+                        node: n.into(),
+                        msg,
+                        pid: row.pid,
+                        start_time: row.start_time_ms.clamp(MIN_TS_MS, MAX_TS_MS),
+                        ppid: row.ppid,
+                        name: self.string(&row.name),
+                        cmdline: self.string(&row.cmdline),
+                        user: self.string(&row.user),
+                    };
+                    out.processes.push(info);
+                    mark(Table::Processes);
+                }
                 let row = self.process_row(ts, c, g, n, msg, row);
                 out.process_metrics.push(row);
                 mark(Table::ProcessMetrics);
             }
+            known.forget_gone(ts);
+            seen.sweep(ts);
+            self.seen = seen;
         }
         for s in &r.sensors {
             let row = SensorRow {
@@ -853,9 +1015,7 @@ impl Converter {
             msg,
             pid: p.pid,
             start_time: p.start_time_ms.clamp(MIN_TS_MS, MAX_TS_MS),
-            ppid: p.ppid,
             name: self.string(&p.name),
-            cmdline: self.string(&p.cmdline),
             user: self.string(&p.user),
             state: p.state.as_str(),
             cpu_pct: self.f32(p.cpu_pct),
@@ -1382,18 +1542,123 @@ mod tests {
         let out = c.add_message("grid.c.g.n1", Some("id-1"), &payload, &mut rows);
         assert_eq!(
             out,
-            Outcome::Rows((1 << Table::NodeMetrics.index()) | (1 << Table::ProcessMetrics.index()))
+            Outcome::Rows(
+                (1 << Table::NodeMetrics.index())
+                    | (1 << Table::ProcessMetrics.index())
+                    | (1 << Table::Processes.index())
+            )
         );
         let n = &rows.node_metrics[0];
         assert_eq!((n.cpu_cores, n.cpu_pct, n.mem_used_pct), (8, 50.0, 25.0));
         assert_eq!(n.msg, msg_hash(b"id-1"));
         assert_eq!(c.last_msg, n.msg);
         assert_eq!(rows.process_metrics.len(), 2);
+        assert_eq!(rows.processes.len(), 2);
         // 100 two-byte characters cut to at most 64 bytes, on a character boundary.
-        assert_eq!(rows.process_metrics[0].cmdline, "é".repeat(32));
+        assert_eq!(rows.processes[0].cmdline, "é".repeat(32));
+        assert_eq!(
+            (rows.processes[1].pid, rows.processes[1].name.as_str()),
+            (2, "sh")
+        );
         assert_eq!(rows.process_metrics[1].run_time_s, 0);
         assert_eq!(c.repairs.cut_strings, 1);
         assert_eq!(c.repairs.negative, 1);
+    }
+
+    /// Feeds `report` as node `n` at `ts`; returns the pids given a `processes` row.
+    fn processes_written(c: &mut Converter, n: &str, ts: i64, report: NodeReport) -> Vec<u32> {
+        let mut rows = Rows::default();
+        let payload = env(Kind::NodeReport, node_source(n), ts, report);
+        let subject = format!("grid.c.g.{n}");
+        assert!(matches!(
+            c.add_message(&subject, None, &payload, &mut rows),
+            Outcome::Rows(_)
+        ));
+        let table = &payload_rows(&payload);
+        assert_eq!(
+            table,
+            &rows.process_metrics.len(),
+            "every process has its metrics row"
+        );
+        rows.processes.iter().map(|p| p.pid).collect()
+    }
+
+    /// The process rows a report carries.
+    fn payload_rows(payload: &[u8]) -> usize {
+        let e: Envelope<NodeReport> = wire::decode(payload, Kind::NodeReport).unwrap();
+        e.body.processes.map_or(0, |p| p.rows.len())
+    }
+
+    fn with_procs(procs: &[(u32, i64, &str)]) -> NodeReport {
+        let mut r = report();
+        r.processes.as_mut().unwrap().rows = procs
+            .iter()
+            .map(|&(pid, start, cmd)| ProcessRow {
+                pid,
+                start_time_ms: start,
+                name: "w".into(),
+                cmdline: cmd.into(),
+                ..Default::default()
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn a_process_row_is_written_once_then_on_change_restart_or_after_a_day() {
+        let mut c = conv();
+        let base = [(10, 5, "a"), (11, 5, "b")];
+        assert_eq!(
+            processes_written(&mut c, "n1", 1_000, with_procs(&base)),
+            [10, 11]
+        );
+        // Seen again: metrics rows only.
+        assert!(processes_written(&mut c, "n1", 11_000, with_procs(&base)).is_empty());
+        // Another node with the same pids is other processes.
+        assert_eq!(
+            processes_written(&mut c, "n2", 11_000, with_procs(&base)),
+            [10, 11]
+        );
+        // A changed command line, and pid 11 reused by a new process (another start time).
+        let changed = [(10, 5, "a --reloaded"), (11, 9, "b")];
+        assert_eq!(
+            processes_written(&mut c, "n1", 21_000, with_procs(&changed)),
+            [10, 11]
+        );
+        assert!(processes_written(&mut c, "n1", 31_000, with_procs(&changed)).is_empty());
+        // A day after its row was written, a running process gets it again.
+        let day = 21_000 + PROCESS_REWRITE_MS;
+        assert!(processes_written(&mut c, "n1", day - 1, with_procs(&changed)).is_empty());
+        assert_eq!(
+            processes_written(&mut c, "n1", day, with_procs(&changed)),
+            [10, 11]
+        );
+    }
+
+    #[test]
+    fn processes_long_absent_are_forgotten_and_written_again() {
+        let mut c = conv();
+        let both = [(10, 5, "a"), (11, 5, "b")];
+        let one = [(10, 5, "a")];
+        assert_eq!(
+            processes_written(&mut c, "n1", 1_000, with_procs(&both)).len(),
+            2
+        );
+        assert_eq!(c.seen.len(), 2);
+        // Absent from one report (a selection of processes): still remembered.
+        assert!(processes_written(&mut c, "n1", 11_000, with_procs(&one)).is_empty());
+        assert!(processes_written(&mut c, "n1", 21_000, with_procs(&both)).is_empty());
+        // Absent for longer than the forget time: forgotten, then written on return.
+        let later = 21_000 + PROCESS_FORGET_MS + 1;
+        assert!(processes_written(&mut c, "n1", later, with_procs(&one)).is_empty());
+        assert_eq!(c.seen.len(), 1);
+        assert_eq!(
+            processes_written(&mut c, "n1", later + 10_000, with_procs(&both)),
+            [11]
+        );
+        // An old message delivered again does not make the map forget recent processes.
+        assert!(processes_written(&mut c, "n1", 1_000, with_procs(&[])).is_empty());
+        assert_eq!(c.seen.len(), 2);
     }
 
     #[test]

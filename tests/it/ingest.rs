@@ -25,6 +25,8 @@ use crate::GRIDMON;
 struct Truth {
     reports: u64,
     process_rows: u64,
+    /// Distinct processes: (node, pid, start time).
+    processes: u64,
     sensor_rows: u64,
 }
 
@@ -34,6 +36,7 @@ async fn stream_truth(client: &async_nats::Client) -> Truth {
     let mut stream = js.get_stream("GRIDMON").await.unwrap();
     let last = stream.info().await.unwrap().state.last_sequence;
     let mut t = Truth::default();
+    let mut processes = HashSet::new();
     for seq in 1..=last {
         let Ok(msg) = stream.get_raw_message(seq).await else {
             continue;
@@ -43,10 +46,18 @@ async fn stream_truth(client: &async_nats::Client) -> Truth {
         }
         if let Ok(env) = wire::decode::<NodeReport>(&msg.payload, Kind::NodeReport) {
             t.reports += 1;
-            t.process_rows += env.body.processes.map_or(0, |p| p.rows.len() as u64);
+            t.process_rows += env
+                .body
+                .processes
+                .as_ref()
+                .map_or(0, |p| p.rows.len() as u64);
+            for p in env.body.processes.iter().flat_map(|p| &p.rows) {
+                processes.insert((msg.subject.to_string(), p.pid, p.start_time_ms));
+            }
             t.sensor_rows += env.body.sensors.len() as u64;
         }
     }
+    t.processes = processes.len() as u64;
     t
 }
 
@@ -57,6 +68,8 @@ struct Landed {
     reports_unique: u64,
     process_rows: u64,
     process_unique: u64,
+    processes_unique: u64,
+    processes_final: u64,
     sensor_rows: u64,
     sensor_unique: u64,
 }
@@ -69,6 +82,8 @@ async fn landed(ch: &clickhouse::Client) -> anyhow::Result<Landed> {
                 ifNull((SELECT uniqExact(node, ts) FROM node_metrics), 0) AS reports_unique,
                 ifNull((SELECT count() FROM process_metrics), 0) AS process_rows,
                 ifNull((SELECT uniqExact(node, pid, start_time, ts) FROM process_metrics), 0) AS process_unique,
+                ifNull((SELECT uniqExact(cluster, group_name, node, pid, start_time) FROM processes), 0) AS processes_unique,
+                ifNull((SELECT count() FROM processes FINAL), 0) AS processes_final,
                 ifNull((SELECT count() FROM sensor_readings), 0) AS sensor_rows,
                 ifNull((SELECT uniqExact(node, sensor, ts) FROM sensor_readings), 0) AS sensor_unique",
         )
@@ -102,6 +117,7 @@ async fn assert_exact(client: &async_nats::Client, ch: &clickhouse::Client, time
         let l = landed(ch).await.ok()?;
         (l.reports_unique == truth.reports
             && l.process_unique == truth.process_rows
+            && l.processes_final == truth.processes
             && l.sensor_unique == truth.sensor_rows
             && consumer_drained(client).await)
             .then_some(l)
@@ -143,6 +159,8 @@ async fn assert_exact(client: &async_nats::Client, ch: &clickhouse::Client, time
             reports_unique: truth.reports,
             process_rows: truth.process_rows,
             process_unique: truth.process_rows,
+            processes_unique: truth.processes,
+            processes_final: truth.processes,
             sensor_rows: truth.sensor_rows,
             sensor_unique: truth.sensor_rows,
         },
@@ -566,7 +584,11 @@ async fn bad_rows_are_repaired_or_rejected_and_the_batch_lands() {
 
     let (len, cpu): (u64, f32) = db
         .client
-        .query("SELECT length(cmdline), cpu_pct FROM process_metrics WHERE node = 'huge'")
+        .query(
+            "SELECT length(p.cmdline), m.cpu_pct FROM process_metrics AS m
+             JOIN (SELECT * FROM processes FINAL) AS p USING (cluster, node, pid, start_time)
+             WHERE m.node = 'huge'",
+        )
         .fetch_one()
         .await
         .unwrap();
@@ -728,6 +750,136 @@ async fn migrations_are_concurrent_safe_and_retention_follows_the_config() {
 }
 
 /// `--backup-now` writes a backup that restores to the same rows.
+/// A database made before `process_metrics` was narrowed: its processes' command lines and
+/// parents move to `processes`, and its rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_process_metrics_keeps_what_the_wide_rows_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = ClickHouse::shared().unwrap();
+    let db = shared.test_db("narrow").await.unwrap();
+    db.client
+        .query(&gridmon_ingest::schema::render(
+            gridmon_ingest::schema::MIGRATIONS_TABLE,
+            &db.name,
+        ))
+        .execute()
+        .await
+        .unwrap();
+    for m in gridmon_ingest::schema::MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= 5)
+    {
+        for s in m.statements {
+            db.client
+                .query(&gridmon_ingest::schema::render(s, &db.name))
+                .with_setting("allow_experimental_alter_materialized_view_structure", "1")
+                .execute()
+                .await
+                .unwrap();
+        }
+        db.client
+            .query(
+                "INSERT INTO schema_migrations (version, name, applied_by) VALUES (?, ?, 'test')",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .unwrap();
+    }
+    // Two samples of one run (its command line changed between them), one of another.
+    let at = |ago_ms: i64| format!("fromUnixTimestamp64Milli(toInt64({}))", now_ms() - ago_ms);
+    let (t20, t10, s30, s25) = (at(20_000), at(10_000), at(30_000), at(25_000));
+    db.client
+        .query(&format!(
+            "INSERT INTO process_metrics (ts, cluster, group_name, node, msg, pid, start_time, ppid,
+                name, cmdline, user, state, cpu_pct, rss_bytes, vsz_bytes, threads, run_time_s,
+                cpu_time_s)
+             VALUES
+                ({t20}, 'c', 'g', 'n1', 1, 42, {s30}, 1, 'w', '/w --old', 'app',
+                 'running', 5, 100, 200, 2, 10, 0.5),
+                ({t10}, 'c', 'g', 'n1', 2, 42, {s30}, 1, 'w', '/w --new', 'app',
+                 'running', 7, 100, 200, 2, 20, 1.5),
+                ({t10}, 'c', 'g', 'n1', 2, 43, {s25}, 42, 'sh', 'sh -c x', 'root',
+                 'waiting', 0, 10, 20, 1, 15, 0.0)",
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let before: u64 = db
+        .client
+        .query("SELECT count() FROM process_metrics")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(before, 3);
+    let config = dir.path().join("m.toml");
+    std::fs::write(&config, shared.config_toml(&db.name)).unwrap();
+    let out = gridmon_commands::child::command(GRIDMON)
+        .args(["ingest", "--migrate-only", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let processes: Vec<(u32, u32, String, String)> = db
+        .client
+        .query("SELECT pid, ppid, cmdline, user FROM processes FINAL ORDER BY pid")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        processes.len(),
+        2,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        processes,
+        [
+            (42, 1, "/w --new".to_string(), "app".to_string()),
+            (43, 42, "sh -c x".to_string(), "root".to_string())
+        ]
+    );
+    let columns: Vec<(String, String)> = db
+        .client
+        .query("SELECT name, type FROM system.columns WHERE database = ? AND table = 'process_metrics' ORDER BY position")
+        .bind(&db.name)
+        .fetch_all()
+        .await
+        .unwrap();
+    let type_of = |c: &str| {
+        columns
+            .iter()
+            .find(|(n, _)| n == c)
+            .map(|(_, t)| t.as_str())
+    };
+    assert_eq!(type_of("cmdline"), None);
+    assert_eq!(type_of("ppid"), None);
+    for c in ["cluster", "group_name", "node", "name", "user", "state"] {
+        assert_eq!(type_of(c), Some("String"), "{columns:?}");
+    }
+    let kept: Vec<(u32, String, f32)> = db
+        .client
+        .query("SELECT pid, node, cpu_pct FROM process_metrics ORDER BY ts, pid")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        [
+            (42, "n1".to_string(), 5.0),
+            (42, "n1".to_string(), 7.0),
+            (43, "n1".to_string(), 0.0)
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores() {
     let dir = tempfile::tempdir().unwrap();
